@@ -1,14 +1,14 @@
 """Exception tree of the shared ``jetfleet`` package.
 
-    JetfleetError
-    ├── ProtocolError      a message or topic that does not follow the protocol
-    │   ├── TopicError     a topic outside ``jetfleet/v1`` or with a bad device id
-    │   ├── PayloadTooLarge
-    │   ├── SchemaError    JSON that is not valid for its schema (or not JSON)
-    │   ├── VersionError   a message version this code does not speak
-    │   └── FrameError     a binary block frame that is malformed
-    ├── PackageError       a model package that is malformed or fails its hash
-    └── MqttError          a paho return code that is not success
+JetfleetError
+├── ProtocolError      a message or topic that does not follow the protocol
+│   ├── TopicError     a topic outside ``jetfleet/v1`` or with a bad device id
+│   ├── PayloadTooLarge
+│   ├── SchemaError    JSON that is not valid for its schema (or not JSON)
+│   ├── VersionError   a message version this code does not speak
+│   └── FrameError     a binary block frame that is malformed
+├── PackageError       a model package that is malformed or fails its hash
+└── MqttError          a paho return code that is not success
 """
 
 from __future__ import annotations

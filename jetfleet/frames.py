@@ -60,7 +60,9 @@ def encode_frame(sha256: str, index: int, count: int, offset: int, payload: byte
 def decode_frame(data: bytes, *, max_payload: int = 1024 * 1024) -> BlockFrame:
     """Parse and check one frame. Raises :class:`FrameError` / :class:`BlockHashMismatch`."""
     if len(data) < HEADER_SIZE:
-        raise FrameError(f"frame of {len(data)} bytes is shorter than its {HEADER_SIZE}-byte header")
+        raise FrameError(
+            f"frame of {len(data)} bytes is shorter than its {HEADER_SIZE}-byte header"
+        )
     magic, digest, index, count, offset, length, payload_digest = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise FrameError(f"bad frame magic {magic!r}")

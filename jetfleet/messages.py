@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jetfleet.canonical import canonical_json
-from jetfleet.errors import PayloadTooLarge, SchemaError, VersionError
+from jetfleet.errors import PayloadTooLarge, SchemaError, TopicError, VersionError
 from jetfleet.topics import validate_device_id
 
 PROTOCOL_VERSION = 1
@@ -62,7 +62,10 @@ class DeviceMessage(Message):
     @field_validator("device_id")
     @classmethod
     def _device_id(cls, value: str) -> str:
-        return validate_device_id(value)
+        try:
+            return validate_device_id(value)
+        except TopicError as exc:
+            raise ValueError(str(exc)) from exc
 
 
 class SlotStatus(str, Enum):

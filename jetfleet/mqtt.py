@@ -102,7 +102,9 @@ class MqttClient:
     ) -> None:
         self.client_id = client_id
         self.broker = broker
-        self.inbox: queue.Queue[Inbound | Connection] = inbox if inbox is not None else queue.Queue()
+        self.inbox: queue.Queue[Inbound | Connection] = (
+            inbox if inbox is not None else queue.Queue()
+        )
         self._subs: dict[str, int] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -163,7 +165,9 @@ class MqttClient:
         self.inbox.put(Connection(False, str(reason)))
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        self.inbox.put(Inbound(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, time.time()))
+        self.inbox.put(
+            Inbound(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, time.time())
+        )
 
     # -- owner thread --------------------------------------------------------------
     @property
@@ -174,11 +178,15 @@ class MqttClient:
         """Connect in the background; paho keeps reconnecting until :meth:`stop`."""
         try:
             self._client.connect_async(
-                self.broker.host, self.broker.port, keepalive=self._keepalive,
+                self.broker.host,
+                self.broker.port,
+                keepalive=self._keepalive,
                 clean_start=self._clean_start,
             )
         except (OSError, ValueError) as exc:
-            raise MqttError(f"cannot connect to {self.broker.host}:{self.broker.port}: {exc}") from exc
+            raise MqttError(
+                f"cannot connect to {self.broker.host}:{self.broker.port}: {exc}"
+            ) from exc
         _check(self._client.loop_start(), "loop_start")
 
     def wait_connected(self, timeout: float) -> bool:

@@ -57,7 +57,7 @@ class ModelCard(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal["jetfleet.package/1"] = PACKAGE_FORMAT
+    format: Literal["jetfleet.package/1"] = "jetfleet.package/1"
     name: str = Field(min_length=1, max_length=128)
     version: str = Field(min_length=1, max_length=64)
     task: str = "classification"
@@ -194,7 +194,10 @@ def write_package(
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            entries = [(CARD, canonical_json(card.model_dump(mode="json"))), (GOLDEN, golden.to_bytes())]
+            entries = [
+                (CARD, canonical_json(card.model_dump(mode="json"))),
+                (GOLDEN, golden.to_bytes()),
+            ]
             entries += sorted(models.items())
             for name, data in entries:
                 info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
@@ -213,7 +216,9 @@ def _check_golden_matches(card: ModelCard, golden: Golden) -> None:
     want_in = {t.name for t in card.inputs}
     want_out = {t.name for t in card.outputs}
     if set(golden.inputs) != want_in:
-        raise PackageError(f"golden inputs {sorted(golden.inputs)} != card inputs {sorted(want_in)}")
+        raise PackageError(
+            f"golden inputs {sorted(golden.inputs)} != card inputs {sorted(want_in)}"
+        )
     if set(golden.outputs) != want_out:
         raise PackageError(
             f"golden outputs {sorted(golden.outputs)} != card outputs {sorted(want_out)}"
@@ -254,7 +259,11 @@ def read_package(path: Path, expected_sha256: str | None = None) -> ModelPackage
         raise PackageError(f"card.json invalid at {where}: {first['msg']}") from exc
     for runtime, member in card.variants.items():
         if member not in members:
-            raise PackageError(f"card names {runtime!r} variant {member!r}, which is not in the package")
-    pkg = ModelPackage(path=path, sha256=digest, length=path.stat().st_size, card=card, members=members)
+            raise PackageError(
+                f"card names {runtime!r} variant {member!r}, which is not in the package"
+            )
+    pkg = ModelPackage(
+        path=path, sha256=digest, length=path.stat().st_size, card=card, members=members
+    )
     _check_golden_matches(card, pkg.golden())
     return pkg

@@ -28,7 +28,9 @@ def make_mlp_onnx(seed: int = 0, hidden: int = 32, extra_matmuls: int = 0) -> by
         helper.make_node("Add", ["h0", "b1"], ["h1"]),
         helper.make_node("Relu", ["h1"], ["h2"]),
     ]
-    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
+    inits = [
+        numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))
+    ]
     last = "h2"
     if extra_matmuls:
         eye = np.eye(hidden, dtype=np.float32)

@@ -1,0 +1,3 @@
+from jetfleet.cli import main
+
+main()
