@@ -53,6 +53,7 @@ class BrokerAddress:
     key_file: str | None = None
     username: str | None = None
     password: str | None = None
+    protocol: str = "5"  # "5" (default) or "3.1.1" (e.g. the embedded amqtt demo broker)
 
     @property
     def tls(self) -> bool:
@@ -60,17 +61,30 @@ class BrokerAddress:
 
     @classmethod
     def from_url(cls, url: str) -> BrokerAddress:
-        """``mqtt://host:port`` (plain) or ``mqtts://host:port`` (needs ca/cert/key set later)."""
+        """``mqtt://host:port`` (plain) or ``mqtts://host:port`` (needs ca/cert/key set later).
+
+        ``?protocol=3.1.1`` selects MQTT 3.1.1 for brokers without MQTT 5 (amqtt).
+        """
         scheme, _, rest = url.partition("://")
         if scheme not in ("mqtt", "mqtts") or not rest:
             raise MqttError(f"broker url {url!r} must look like mqtt://host:port")
+        rest, _, query = rest.partition("?")
+        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        protocol = params.pop("protocol", "5")
+        if params:
+            raise MqttError(f"broker url {url!r} has unknown parameters {sorted(params)}")
+        if protocol not in PROTOCOLS:
+            raise MqttError(f"broker url {url!r}: protocol must be one of {sorted(PROTOCOLS)}")
         host, _, port = rest.rstrip("/").rpartition(":")
         if not host:
             host, port = port, "8883" if scheme == "mqtts" else "1883"
         try:
-            return cls(host=host, port=int(port))
+            return cls(host=host, port=int(port), protocol=protocol)
         except ValueError as exc:
             raise MqttError(f"broker url {url!r} has a bad port") from exc
+
+
+PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
 
 
 @dataclass(frozen=True)
@@ -109,10 +123,14 @@ class MqttClient:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._keepalive = keepalive
+        if broker.protocol not in PROTOCOLS:
+            raise MqttError(f"unknown MQTT protocol {broker.protocol!r}")
+        self._v5 = broker.protocol == "5"
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=paho.MQTTv5,
+            protocol=PROTOCOLS[broker.protocol],
+            clean_session=None if self._v5 else clean_start,
         )
         self._clean_start = clean_start
         self._client.max_inflight_messages_set(max_inflight)
@@ -177,12 +195,17 @@ class MqttClient:
     def start(self) -> None:
         """Connect in the background; paho keeps reconnecting until :meth:`stop`."""
         try:
-            self._client.connect_async(
-                self.broker.host,
-                self.broker.port,
-                keepalive=self._keepalive,
-                clean_start=self._clean_start,
-            )
+            if self._v5:
+                self._client.connect_async(
+                    self.broker.host,
+                    self.broker.port,
+                    keepalive=self._keepalive,
+                    clean_start=self._clean_start,
+                )
+            else:
+                self._client.connect_async(
+                    self.broker.host, self.broker.port, keepalive=self._keepalive
+                )
         except (OSError, ValueError) as exc:
             raise MqttError(
                 f"cannot connect to {self.broker.host}:{self.broker.port}: {exc}"

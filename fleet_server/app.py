@@ -1,0 +1,158 @@
+"""``create_app(settings)``: the FastAPI application and the lifespan of its parts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from fleet_server.api import api_router, health
+from fleet_server.artifacts import ArtifactStore
+from fleet_server.broker import EmbeddedBroker
+from fleet_server.context import ServerContext
+from fleet_server.db import create_tables, make_engine
+from fleet_server.errors import (
+    ConflictError,
+    FleetServerError,
+    InvalidInputError,
+    NotFoundError,
+    TooLargeError,
+)
+from fleet_server.gateway import ClientFactory, Gateway
+from fleet_server.metrics import ServerMetrics
+from fleet_server.settings import Settings
+from jetfleet.mqtt import BrokerAddress, MqttClient
+
+logger = logging.getLogger(__name__)
+
+_STATUS: tuple[tuple[type[FleetServerError], int], ...] = (
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (TooLargeError, 413),
+    (InvalidInputError, 422),
+)
+
+
+def broker_address(settings: Settings) -> BrokerAddress:
+    if settings.broker_url is None:
+        # amqtt speaks MQTT 3.1.1 only.
+        return BrokerAddress(
+            settings.embedded_broker_host, settings.embedded_broker_port, protocol="3.1.1"
+        )
+    address = BrokerAddress.from_url(settings.broker_url)
+    return replace(
+        address,
+        ca_file=settings.broker_ca_file,
+        cert_file=settings.broker_cert_file,
+        key_file=settings.broker_key_file,
+        username=settings.broker_username,
+        password=settings.broker_password,
+    )
+
+
+def build_context(settings: Settings) -> ServerContext:
+    engine = make_engine(settings.db_url)
+    store = ArtifactStore(settings.artifacts_dir)
+    metrics = ServerMetrics()
+    embedded = settings.broker_url is None
+    factory: ClientFactory = MqttClient
+    gateway = Gateway(
+        broker=broker_address(settings),
+        engine=engine,
+        store=store,
+        metrics=metrics,
+        client_factory=factory,
+        client_id=settings.client_id,
+        batch_size=settings.ingest_batch_size,
+        batch_interval=settings.ingest_batch_interval,
+        inbox_limit=settings.inbox_limit,
+        inbox_put_timeout=settings.inbox_put_timeout,
+        fetch_queue_limit=settings.fetch_queue_limit,
+        reconcile_delay=settings.desired_reconcile_delay,
+    )
+    broker = (
+        EmbeddedBroker(settings.embedded_broker_host, settings.embedded_broker_port)
+        if embedded
+        else None
+    )
+    return ServerContext(settings, engine, store, metrics, gateway, broker)
+
+
+def _start(context: ServerContext) -> None:
+    context.store.ensure()
+    create_tables(context.engine)
+    if context.broker is not None:
+        context.broker.start()
+    context.gateway.start()
+
+
+def _stop(context: ServerContext) -> None:
+    context.gateway.stop()
+    if context.broker is not None:
+        context.broker.stop()
+    context.engine.dispose()
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for error in exc.errors():
+        loc = [str(p) for p in error.get("loc", ())]
+        if error.get("type") == "json_invalid":
+            reason = error.get("ctx", {}).get("error", "")
+            problems.append(f"body is not valid JSON (at {'.'.join(loc[1:])}): {reason}")
+            continue
+        where = ".".join(p for p in loc if p != "body") or "body"
+        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    return JSONResponse(
+        {"detail": "; ".join(problems) or "invalid request", "errors": jsonable(exc.errors())},
+        status_code=422,
+    )
+
+
+def jsonable(errors: object) -> object:
+    from fastapi.encoders import jsonable_encoder
+
+    return jsonable_encoder(errors, custom_encoder={Exception: str})
+
+
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    for cls, code in _STATUS:
+        if isinstance(exc, cls):
+            return JSONResponse({"detail": str(exc)}, status_code=code)
+    logger.error("unhandled server error on %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The server application; its lifespan starts the broker (embedded) and the gateway."""
+    context = build_context(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(_start, context)
+        logger.info("fleet server ready (data in %s)", settings.data_dir)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(_stop, context)
+            logger.info("fleet server stopped")
+
+    app = FastAPI(
+        title="jetfleet fleet server",
+        version="1",
+        summary="Devices, packages, releases, assignments, events and telemetry of a fleet.",
+        lifespan=lifespan,
+    )
+    app.state.context = context
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(FleetServerError, _server_error)
+    app.include_router(api_router())
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,25 @@
+"""FastAPI dependencies, as ``Annotated`` aliases (the one place they are defined)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlmodel import Session
+
+from fleet_server.context import ServerContext
+
+
+def get_context(request: Request) -> ServerContext:
+    context: ServerContext = request.app.state.context
+    return context
+
+
+def get_session(context: Annotated[ServerContext, Depends(get_context)]) -> Iterator[Session]:
+    with Session(context.engine) as session:
+        yield session
+
+
+ContextDep = Annotated[ServerContext, Depends(get_context)]
+SessionDep = Annotated[Session, Depends(get_session)]

@@ -1,0 +1,183 @@
+"""Write validated device messages to the database, a batch per transaction.
+
+:func:`write_batch` adds everything for a batch to one session and commits once.
+It is idempotent for QoS 1 re-deliveries: events dedup on (device, event id),
+telemetry samples on (device, seq, ts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlmodel import Session, col, select
+
+from fleet_server.models import Assignment, Device, Event, Telemetry
+from jetfleet.messages import EventMessage, StateMessage, TelemetryBatch
+
+_LWT_FIELDS = {"v", "device_id", "online"}
+
+# Event type → assignment status, for events that carry the assignment's sequence.
+EVENT_STATUS = {
+    "ota.started": "downloading",
+    "ota.progress": "downloading",
+    "ota.resumed": "downloading",
+    "ota.verified": "verified",
+    "ota.failed": "failed",
+    "activation.staged": "staged",
+    "activation.testing": "testing",
+    "activation.trial": "trial",
+    "activation.committed": "committed",
+    "activation.failed": "failed",
+    "activation.reverted": "reverted",
+    "security.rejected": "rejected",
+}
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """One validated message from a device, in arrival order."""
+
+    kind: str  # "state" | "telemetry" | "events"
+    device_id: str
+    message: StateMessage | TelemetryBatch | EventMessage
+    retained: bool
+    received_at: float
+
+
+def write_batch(session: Session, items: Sequence[Ingested]) -> None:
+    """Apply ``items`` in order and commit once."""
+    devices = _load_devices(session, items)
+    for item in items:
+        device = devices[item.device_id]
+        if not item.retained:
+            device.last_seen = max(device.last_seen or 0.0, item.received_at)
+        if isinstance(item.message, StateMessage):
+            _apply_state(device, item.message, item)
+        elif isinstance(item.message, TelemetryBatch):
+            _add_telemetry(session, device, item.message)
+        else:
+            _add_event(session, item.message, item.received_at)
+        session.add(device)
+    session.commit()
+
+
+def _load_devices(session: Session, items: Sequence[Ingested]) -> dict[str, Device]:
+    ids = sorted({item.device_id for item in items})
+    devices = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(ids))).all()}
+    created = False
+    for item in items:
+        if item.device_id not in devices:
+            # Auto-registration: a device that speaks the protocol is known from then on.
+            device = Device(id=item.device_id, registered_at=item.received_at)
+            devices[device.id] = device
+            session.add(device)
+            created = True
+    if created:
+        session.flush()  # the rows below reference the new devices
+    return devices
+
+
+def _apply_state(device: Device, msg: StateMessage, item: Ingested) -> None:
+    device.online = msg.online
+    if item.retained and device.last_seen is None:
+        device.last_seen = msg.ts or item.received_at
+    if not msg.online and not msg.model_dump(exclude=_LWT_FIELDS, exclude_defaults=True):
+        return  # the LWT: only the connection changed; keep what the device last reported
+    device.agent_version = msg.agent_version
+    device.active_release = msg.active_release
+    device.active_sha256 = msg.active_sha256
+    device.known_good_release = msg.known_good_release
+    device.known_good_sha256 = msg.known_good_sha256
+    device.serving = msg.serving
+    device.backend = msg.backend
+    device.assignment_sequence = msg.assignment_sequence
+    device.slots = [slot.model_dump(mode="json", exclude_none=True) for slot in msg.slots]
+    device.profile = msg.profile
+    device.profile_details = dict(msg.profile_details)
+    device.api_url = msg.api_url
+    if msg.tags:  # reported tags are merged over the stored (operator) ones
+        device.tags = {**device.tags, **msg.tags}
+
+
+def _add_telemetry(session: Session, device: Device, batch: TelemetryBatch) -> None:
+    seqs = sorted({s.seq for s in batch.samples})
+    seen = set(
+        session.exec(
+            select(Telemetry.seq, Telemetry.ts).where(
+                Telemetry.device_id == device.id, col(Telemetry.seq).in_(seqs)
+            )
+        ).all()
+    )
+    added = 0
+    for sample in batch.samples:
+        key = (sample.seq, sample.ts)
+        if key in seen:
+            continue
+        seen.add(key)
+        added += 1
+        sysm, gpu, inf = sample.system, sample.gpu, sample.inference
+        session.add(
+            Telemetry(
+                device_id=device.id,
+                ts=sample.ts,
+                seq=sample.seq,
+                cpu_pct=sysm.cpu_pct,
+                mem_used_mb=sysm.mem_used_mb,
+                mem_pct=sysm.mem_pct,
+                load1=sysm.load1,
+                disk_pct=sysm.disk_pct,
+                gpu_source=gpu.source if gpu else None,
+                gpu_load_pct=gpu.load_pct if gpu else None,
+                gpu_temp_c=gpu.temp_c if gpu else None,
+                gpu_power_mw=gpu.power_mw if gpu else None,
+                gpu_mem_used_mb=gpu.mem_used_mb if gpu else None,
+                inference_count=inf.count,
+                inference_errors=inf.errors,
+                p50_ms=inf.p50_ms,
+                p95_ms=inf.p95_ms,
+                p99_ms=inf.p99_ms,
+                queue_depth=inf.queue_depth,
+                release=inf.release,
+                sha256=inf.sha256,
+            )
+        )
+    if added and batch.dropped:  # a re-delivered batch adds nothing, so counts nothing
+        device.telemetry_dropped += batch.dropped
+
+
+def _add_event(session: Session, msg: EventMessage, received_at: float) -> None:
+    exists = session.exec(
+        select(Event.id).where(Event.device_id == msg.device_id, Event.event_id == msg.id)
+    ).first()
+    if exists is not None:
+        return
+    session.add(
+        Event(
+            event_id=msg.id,
+            device_id=msg.device_id,
+            ts=msg.ts,
+            type=msg.type,
+            release=msg.release,
+            sha256=msg.sha256,
+            sequence=msg.sequence,
+            message=msg.message,
+            data=dict(msg.data),
+            received_at=received_at,
+        )
+    )
+    status = EVENT_STATUS.get(msg.type)
+    if status is None or msg.sequence is None:
+        return
+    assignment = session.exec(
+        select(Assignment).where(
+            Assignment.device_id == msg.device_id, Assignment.sequence == msg.sequence
+        )
+    ).first()
+    if assignment is None or (msg.sha256 is not None and msg.sha256 != assignment.sha256):
+        return
+    if assignment.status == "superseded":
+        return
+    if assignment.status_at is None or msg.ts >= assignment.status_at:
+        assignment.status, assignment.status_at = status, msg.ts
+        session.add(assignment)

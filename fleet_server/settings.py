@@ -1,0 +1,68 @@
+"""Server configuration (pydantic-settings, ``JETFLEET_`` prefix), built by :func:`get_settings`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jetfleet.messages import DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MAX_PACKAGE_BYTES
+
+
+class Settings(BaseSettings):
+    """Every knob of the fleet server. ``create_app`` takes one explicitly."""
+
+    model_config = SettingsConfigDict(env_prefix="JETFLEET_", extra="ignore")
+
+    data_dir: Path = Path("./var/server")
+    # None → SQLite file ``{data_dir}/fleet.db`` (WAL). PostgreSQL:
+    # ``postgresql+psycopg://user:pass@host/db``.
+    database_url: str | None = None
+
+    # None → an embedded amqtt broker in this process (plain MQTT on loopback, demos only).
+    broker_url: str | None = None
+    broker_ca_file: str | None = None
+    broker_cert_file: str | None = None
+    broker_key_file: str | None = None
+    broker_username: str | None = None
+    broker_password: str | None = None
+    embedded_broker_host: str = "127.0.0.1"
+    embedded_broker_port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str = Field(default="jetfleet-server", min_length=1, max_length=64)
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8400, ge=0, le=65535)
+
+    block_size: int = Field(default=DEFAULT_BLOCK_SIZE, gt=0, le=MAX_BLOCK_SIZE)
+    max_package_bytes: int = Field(default=MAX_PACKAGE_BYTES, gt=0)
+
+    ingest_batch_size: int = Field(default=500, ge=1, le=100_000)
+    ingest_batch_interval: float = Field(default=0.2, gt=0, le=60)
+    inbox_limit: int = Field(default=20_000, ge=10)
+    inbox_put_timeout: float = Field(default=10.0, ge=0)
+    fetch_queue_limit: int = Field(default=1_000, ge=1)
+    desired_reconcile_delay: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.data_dir / 'fleet.db'}"
+        return self
+
+    @property
+    def db_url(self) -> str:
+        """The SQLAlchemy URL (the SQLite default already filled in)."""
+        assert self.database_url is not None  # set by the validator
+        return self.database_url
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings from the environment (cached; tests build their own)."""
+    return Settings()
