@@ -12,9 +12,22 @@ pytestmark = pytest.mark.slow
 
 def test_demo_once_with_embedded_broker(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "jetfleet", "demo", "--agents", "2", "--once",
-         "--workdir", str(tmp_path / "demo"), "--timeout", "240"],
-        capture_output=True, text=True, timeout=420,
+        [
+            sys.executable,
+            "-m",
+            "jetfleet",
+            "demo",
+            "--agents",
+            "2",
+            "--once",
+            "--workdir",
+            str(tmp_path / "demo"),
+            "--timeout",
+            "240",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]

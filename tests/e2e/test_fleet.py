@@ -50,8 +50,10 @@ def test_release_reaches_three_agents_and_they_serve_it(tmp_path, mosquitto):
 
         def all_serving():
             devs = {d["id"]: d for d in server.api("GET", "/api/v1/devices")}
-            return all(devs[n].get("active_sha256") == info.sha256 and devs[n].get("serving")
-                       for n in names)
+            return all(
+                devs[n].get("active_sha256") == info.sha256 and devs[n].get("serving")
+                for n in names
+            )
 
         wait_for("all agents serving tiny-1", all_serving, 90)
 
@@ -61,11 +63,10 @@ def test_release_reaches_three_agents_and_they_serve_it(tmp_path, mosquitto):
         expected = run_onnx(read_package(info.path).variant("onnxruntime"), x)
         for agent in agents:
             np.testing.assert_allclose(infer(agent.api_url(), x), expected, rtol=1e-5, atol=1e-5)
-            assert agent.state()["active"]["sha256"] == info.sha256
+            assert agent.state()["active_sha256"] == info.sha256
 
         def telemetry_stored():
-            return all(server.api("GET", f"/api/v1/telemetry?device_id={n}&limit=5")
-                       for n in names)
+            return all(server.api("GET", f"/api/v1/telemetry?device_id={n}&limit=5") for n in names)
 
         wait_for("telemetry from every agent", telemetry_stored, 30)
         events = server.api("GET", "/api/v1/events?limit=500")

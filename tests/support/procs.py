@@ -9,8 +9,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -37,8 +38,9 @@ class Proc:
         self.name = name
         self.log = log
         with log.open("ab") as fh:
-            self.popen = subprocess.Popen(args, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+            self.popen = subprocess.Popen(
+                args, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -67,13 +69,24 @@ def base_env() -> dict[str, str]:
 
 
 class ServerProc(Proc):
-    def __init__(self, workdir: Path, broker_url: str | None, port: int | None = None,
-                 database_url: str | None = None, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        broker_url: str | None,
+        port: int | None = None,
+        database_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = base_env()
-        env.update({"JETFLEET_DATA_DIR": str(workdir / "server"),
-                    "JETFLEET_HTTP_PORT": str(self.port)})
+        env.update(
+            {
+                "JETFLEET_DATA_DIR": str(workdir / "server"),
+                "JETFLEET_HTTP_PORT": str(self.port),
+                "JETFLEET_AUTH_ENABLED": "false",
+            }
+        )
         if broker_url:
             env["JETFLEET_BROKER_URL"] = broker_url
         else:
@@ -83,8 +96,12 @@ class ServerProc(Proc):
             env["JETFLEET_DATABASE_URL"] = database_url
         env.update(extra_env or {})
         workdir.mkdir(parents=True, exist_ok=True)
-        super().__init__("server", [sys.executable, "-m", "jetfleet", "server", "run"], env,
-                         workdir / "server.log")
+        super().__init__(
+            "server",
+            [sys.executable, "-m", "jetfleet", "server", "run"],
+            env,
+            workdir / "server.log",
+        )
 
     def api(self, method: str, path: str, payload: Any = None) -> Any:
         data = json.dumps(payload).encode() if payload is not None else None
@@ -100,12 +117,19 @@ class ServerProc(Proc):
             if not self.alive():
                 raise RuntimeError(f"server exited:\n{self.output()[-3000:]}")
             return self.api("GET", "/healthz")
+
         wait_for("server /healthz", ready, timeout)
 
 
 class AgentProc(Proc):
-    def __init__(self, workdir: Path, device_id: str, broker_url: str, python: str | None = None,
-                 **overrides: Any) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        device_id: str,
+        broker_url: str,
+        python: str | None = None,
+        **overrides: Any,
+    ) -> None:
         self.device_id = device_id
         self.dir = workdir / device_id
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -123,9 +147,20 @@ class AgentProc(Proc):
         config.update(overrides)
         self.config = self.dir / "agent.yaml"
         self.config.write_text(yaml.safe_dump(config))
-        super().__init__(device_id, [python or sys.executable, "-m", "jetfleet", "agent", "run",
-                                     "--config", str(self.config)], base_env(),
-                         self.dir / "agent.log")
+        super().__init__(
+            device_id,
+            [
+                python or sys.executable,
+                "-m",
+                "jetfleet",
+                "agent",
+                "run",
+                "--config",
+                str(self.config),
+            ],
+            base_env(),
+            self.dir / "agent.log",
+        )
 
     def api_url(self) -> str:
         return str(json.loads((self.state_dir / "api.json").read_text())["url"])
