@@ -126,6 +126,7 @@ def _add_telemetry(session: Session, device: Device, batch: TelemetryBatch) -> N
                 mem_used_mb=sysm.mem_used_mb,
                 mem_pct=sysm.mem_pct,
                 load1=sysm.load1,
+                agent_rss_mb=sysm.agent_rss_mb,
                 disk_pct=sysm.disk_pct,
                 gpu_source=gpu.source if gpu else None,
                 gpu_load_pct=gpu.load_pct if gpu else None,

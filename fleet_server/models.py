@@ -231,6 +231,7 @@ class TelemetryBase(SQLModel):
     mem_pct: float | None = None
     load1: float | None = None
     disk_pct: float | None = None
+    agent_rss_mb: float | None = None
     gpu_source: str | None = None
     gpu_load_pct: float | None = None
     gpu_temp_c: float | None = None

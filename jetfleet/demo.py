@@ -81,12 +81,12 @@ def _write_replay(path: Path) -> None:
     np.save(path, x)
 
 
-def _agent_yaml(workdir: Path, name: str, broker_port: int, replay: Path, site: str) -> Path:
+def _agent_yaml(workdir: Path, name: str, broker_url: str, replay: Path, site: str) -> Path:
     adir = workdir / "agents" / name
     adir.mkdir(parents=True, exist_ok=True)
     config = {
         "device_id": name,
-        "broker_url": f"mqtt://127.0.0.1:{broker_port}",
+        "broker_url": broker_url,
         "state_dir": str(adir / "state"),
         "tags": {"site": site, "demo": "true"},
         "telemetry_interval_s": 2,
@@ -134,9 +134,11 @@ def run_demo(
             "JETFLEET_HTTP_PORT": str(http_port),
             "JETFLEET_EMBEDDED_BROKER_PORT": str(broker_port),
             "PYTHONUNBUFFERED": "1",
+            "JETFLEET_AUTH_ENABLED": "false",
         }
     )
     env.pop("JETFLEET_BROKER_URL", None)
+    agent_broker = f"mqtt://127.0.0.1:{broker_port}?protocol=3.1.1"  # amqtt: MQTT 3.1.1
     env.pop("JETFLEET_DATABASE_URL", None)
     py = sys.executable
     ok = False
@@ -170,7 +172,7 @@ def run_demo(
 
         names = [f"demo-{i + 1}" for i in range(agents)]
         for i, name in enumerate(names):
-            cfg = _agent_yaml(workdir, name, broker_port, replay, site=f"site-{i % 2 + 1}")
+            cfg = _agent_yaml(workdir, name, agent_broker, replay, site=f"site-{i % 2 + 1}")
             children.spawn(
                 name,
                 [py, "-m", "jetfleet", "agent", "run", "--config", str(cfg)],
@@ -218,7 +220,7 @@ def run_demo(
             gpu = last.get("gpu_load_pct")
             gpu_text = "absent (no GPU on this host)" if gpu is None else f"{gpu} %"
             tl.say(
-                f"{n}: p95 {last.get('inference_p95_ms')} ms, cpu {last.get('cpu_pct')} %, "
+                f"{n}: p95 {last.get('p95_ms')} ms, cpu {last.get('cpu_pct')} %, "
                 f"agent rss {last.get('agent_rss_mb')} MB, gpu {gpu_text}"
             )
         ok = True
