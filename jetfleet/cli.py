@@ -24,11 +24,21 @@ server_app = typer.Typer(help="The fleet server.", no_args_is_help=True)
 package_app = typer.Typer(help="Model packages.", no_args_is_help=True)
 release_app = typer.Typer(help="Releases.", no_args_is_help=True)
 device_app = typer.Typer(help="Devices.", no_args_is_help=True)
+rollout_app = typer.Typer(help="Rollouts in waves with health gates.", no_args_is_help=True)
+broker_app = typer.Typer(help="The MQTT broker (Mosquitto) configuration.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(server_app, name="server")
 app.add_typer(package_app, name="package")
 app.add_typer(release_app, name="release")
 app.add_typer(device_app, name="device")
+app.add_typer(rollout_app, name="rollout")
+app.add_typer(broker_app, name="broker")
+CaDir = Annotated[
+    Path,
+    typer.Option(
+        "--ca-dir", envvar="JETFLEET_CA_DIR", help="Fleet CA directory (created on first use)."
+    ),
+]
 
 ServerUrl = Annotated[
     str, typer.Option("--server", envvar="JETFLEET_SERVER_URL", help="Fleet server base URL.")
@@ -207,6 +217,215 @@ def device_list(server: ServerUrl = "http://127.0.0.1:8400", token: Token = None
         typer.echo(
             f"{d['id']:<24} {state} {d.get('active_release') or '-':<20} {d.get('profile') or ''}"
         )
+
+
+def _tags(values: list[str]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"tag {item!r} must look like key=value")
+        tags[key] = value
+    return tags
+
+
+@broker_app.command("config")
+def broker_config(
+    out: Annotated[Path, typer.Option("--out", help="Directory for mosquitto.conf, acl, certs")],
+    ca_dir: CaDir = Path("var/server/ca"),
+    host: Annotated[list[str] | None, typer.Option("--host", help="Broker DNS names/IPs")] = None,
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8883,
+) -> None:
+    """Write a Mosquitto mTLS config + per-device ACL, the broker cert and the server identity."""
+    from fleet_server.enrollment import setup_broker
+    from fleet_server.pki import PkiError
+
+    try:
+        result = setup_broker(ca_dir, out, hosts=host or ["127.0.0.1", "localhost"], port=port)
+    except (PkiError, OSError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(
+        f"mosquitto config: {result.config.conf}\nACL: {result.config.acl}\n"
+        f"server identity (JETFLEET_BROKER_CERT_FILE/KEY_FILE/CA_FILE): "
+        f"{result.server_identity_dir}"
+    )
+
+
+@device_app.command("enroll")
+def device_enroll(
+    name: str,
+    tags: Annotated[list[str] | None, typer.Option("--tags", help="key=value, repeatable")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Bundle directory")] = None,
+    broker_host: Annotated[str, typer.Option(help="Broker host the device connects to")] = (
+        "127.0.0.1"
+    ),
+    broker_port: Annotated[int, typer.Option(min=1, max=65535)] = 8883,
+    ca_dir: CaDir = Path("var/server/ca"),
+    register: Annotated[bool, typer.Option(help="Create the device record on the server")] = True,
+    server: ServerUrl = "http://127.0.0.1:8400",
+    token: Token = None,
+) -> None:
+    """Create the device record and write its bundle (key, cert, CA, agent.yaml)."""
+    from fleet_server.enrollment import enroll_device
+    from fleet_server.pki import PkiError
+    from jetfleet.client import ApiError, FleetClient
+
+    tag_map = _tags(tags or [])
+    if register:
+        try:
+            FleetClient(server, token).post("/api/v1/devices", {"id": name, "tags": tag_map})
+        except ApiError as exc:
+            if exc.status != 409:
+                raise _fail(exc) from exc
+    try:
+        bundle = enroll_device(
+            ca_dir,
+            out or Path(f"bundle-{name}"),
+            name,
+            broker_host=broker_host,
+            broker_port=broker_port,
+            tags=tag_map,
+        )
+    except (PkiError, JetfleetError, OSError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(
+        f"bundle: {bundle.directory} (certificate serial {bundle.serial})\n"
+        f"on the device: jetfleet agent run --config {bundle.agent_yaml}"
+    )
+
+
+@device_app.command("revoke")
+def device_revoke(name: str, ca_dir: CaDir = Path("var/server/ca")) -> None:
+    """Revoke a device's certificates and rewrite the CRL (then SIGHUP the broker)."""
+    from fleet_server.enrollment import revoke_device
+    from fleet_server.pki import PkiError
+
+    try:
+        serials = revoke_device(ca_dir, name)
+    except (PkiError, OSError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(
+        f"revoked serials {serials}; send SIGHUP to mosquitto to reload the CRL "
+        "(restart it to drop sessions already open)"
+    )
+
+
+def format_rollout(r: dict[str, Any]) -> str:
+    """A rollout as text: waves, gate decisions with their numbers, devices."""
+    selector = ",".join(f"{k}={v}" for k, v in sorted(r.get("selector", {}).items()))
+    lines = [
+        f"rollout {r['id']}  {r['release']}  [{r['status']}]  selector {selector}  "
+        f"waves {','.join(str(w) for w in r.get('waves', []))} -> {r.get('plan')}",
+    ]
+    if r.get("reason"):
+        lines.append(f"  reason: {r['reason']}")
+    gates = {g["wave"]: g for g in r.get("gates", [])}
+    for w in r.get("wave_plan", []):
+        g = gates.get(w["index"])
+        verdict = (
+            "" if g is None else f"  gate: {'pass' if g['passed'] else 'FAIL'} ({g['reason']})"
+        )
+        lines.append(
+            f"  wave {w['index']} ({w['target']} cum.) {w['state']:<7} "
+            f"{', '.join(w['devices'])}{verdict}"
+        )
+        if g is not None:
+            n = g.get("numbers", {})
+            lines.append(
+                f"    failures {n.get('failures')}/{n.get('executions')}  "
+                f"reverts {n.get('reverts')}  p95 {n.get('p95_new_ms')} vs "
+                f"{n.get('p95_baseline_ms')} ms  err {n.get('error_rate_new')}"
+            )
+    for d in r.get("devices", []):
+        back = f"  rollback seq {d['rollback_sequence']}" if d.get("rollback_sequence") else ""
+        lines.append(
+            f"  {d['device_id']:<20} wave {d['wave']}  seq {d['sequence']}  "
+            f"{d['status']:<10} prev {d['previous_release']}{back}"
+        )
+    return "\n".join(lines)
+
+
+def _duration(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``1h`` → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = text.strip()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r} is not a duration like 90s, 10m or 1h") from exc
+
+
+@rollout_app.command("create")
+def rollout_create(
+    release: str,
+    selector: Annotated[str, typer.Option(help="tags to match, e.g. site=lab,rack=2")],
+    waves: Annotated[str, typer.Option(help="cumulative waves")] = "1,10%,50%,100%",
+    bake: Annotated[str, typer.Option(help="bake time per wave (90s, 10m)")] = "600s",
+    wave_timeout: Annotated[str, typer.Option(help="time for a wave to reach trial")] = "1h",
+    max_failures: Annotated[int, typer.Option(min=0)] = 0,
+    max_failure_rate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
+    min_executions: Annotated[int, typer.Option(min=1)] = 1,
+    max_p95_ratio: Annotated[float, typer.Option(min=1.0)] = 1.5,
+    max_error_rate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.05,
+    auto_rollback: Annotated[bool, typer.Option("--auto-rollback/--no-auto-rollback")] = True,
+    server: ServerUrl = "http://127.0.0.1:8400",
+    token: Token = None,
+) -> None:
+    """Roll a release out to the devices matching a selector, wave by wave."""
+    from jetfleet.client import FleetClient
+
+    body = {
+        "release": release,
+        "selector": selector,
+        "waves": waves,
+        "bake_s": _duration(bake),
+        "wave_timeout_s": _duration(wave_timeout),
+        "max_failures": max_failures,
+        "max_failure_rate": max_failure_rate,
+        "min_executions": min_executions,
+        "max_p95_ratio": max_p95_ratio,
+        "max_error_rate": max_error_rate,
+        "auto_rollback": auto_rollback,
+    }
+    try:
+        typer.echo(format_rollout(FleetClient(server, token).post("/api/v1/rollouts", body)))
+    except JetfleetError as exc:
+        raise _fail(exc) from exc
+
+
+@rollout_app.command("show")
+def rollout_show(
+    rollout_id: int, server: ServerUrl = "http://127.0.0.1:8400", token: Token = None
+) -> None:
+    """Show a rollout: waves, per-device status, every gate decision with its numbers."""
+    from jetfleet.client import FleetClient
+
+    try:
+        typer.echo(format_rollout(FleetClient(server, token).get(f"/api/v1/rollouts/{rollout_id}")))
+    except JetfleetError as exc:
+        raise _fail(exc) from exc
+
+
+def _rollout_action(action: str) -> None:
+    def command(
+        rollout_id: int, server: ServerUrl = "http://127.0.0.1:8400", token: Token = None
+    ) -> None:
+        from jetfleet.client import FleetClient
+
+        try:
+            result = FleetClient(server, token).post(f"/api/v1/rollouts/{rollout_id}/{action}", {})
+        except JetfleetError as exc:
+            raise _fail(exc) from exc
+        typer.echo(format_rollout(result))
+
+    command.__doc__ = f"{action.capitalize()} a rollout."
+    rollout_app.command(action)(command)
+
+
+for _action in ("pause", "resume", "abort", "rollback"):
+    _rollout_action(_action)
 
 
 def main() -> None:
