@@ -12,11 +12,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from fleet_server.api import api_router, health
+from fleet_server.api import api_router, health, tuf
 from fleet_server.artifacts import ArtifactStore
+from fleet_server.audit import AuditMiddleware
 from fleet_server.broker import EmbeddedBroker
+from fleet_server.console import mount_console
 from fleet_server.context import ServerContext
 from fleet_server.db import create_tables, make_engine
+from fleet_server.director import Director
 from fleet_server.errors import (
     ConflictError,
     FleetServerError,
@@ -26,7 +29,9 @@ from fleet_server.errors import (
 )
 from fleet_server.gateway import ClientFactory, Gateway
 from fleet_server.metrics import ServerMetrics
+from fleet_server.rollouts import RolloutController
 from fleet_server.settings import Settings
+from fleet_server.tufrepo import TufRepository, TufService, package_targets
 from jetfleet.mqtt import BrokerAddress, MqttClient
 
 logger = logging.getLogger(__name__)
@@ -81,7 +86,17 @@ def build_context(settings: Settings) -> ServerContext:
         if embedded
         else None
     )
-    return ServerContext(settings, engine, store, metrics, gateway, broker)
+    tuf_service = None
+    if settings.keys_dir is None:
+        logger.warning("JETFLEET_KEYS_DIR is not set: assignments go out unsigned, no TUF")
+    else:
+        gateway.sign_desired = Director.load(settings.keys_dir).sign_desired_payload
+        tuf_service = TufService(
+            TufRepository(settings.keys_dir),
+            lambda topic, payload: gateway.client.publish(topic, payload, qos=1, retain=True),
+            interval=settings.tuf_refresh_interval,
+        )
+    return ServerContext(settings, engine, store, metrics, gateway, broker, tuf_service)
 
 
 def _start(context: ServerContext) -> None:
@@ -90,9 +105,14 @@ def _start(context: ServerContext) -> None:
     if context.broker is not None:
         context.broker.start()
     context.gateway.start()
+    if context.tuf is not None:  # packages uploaded before trust was on become targets too
+        context.tuf.add_targets(package_targets(context.engine))
+        context.tuf.start()
 
 
 def _stop(context: ServerContext) -> None:
+    if context.tuf is not None:
+        context.tuf.stop()
     context.gateway.stop()
     if context.broker is not None:
         context.broker.stop()
@@ -133,14 +153,23 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: Settings) -> FastAPI:
     """The server application; its lifespan starts the broker (embedded) and the gateway."""
     context = build_context(settings)
+    rollouts = RolloutController(
+        context.engine,
+        context.gateway,
+        context.assign_lock,
+        settings.block_size,
+        interval=settings.rollout_tick_interval,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(_start, context)
+        rollouts.start()  # after _start: the tables exist
         logger.info("fleet server ready (data in %s)", settings.data_dir)
         try:
             yield
         finally:
+            await run_in_threadpool(rollouts.stop)
             await run_in_threadpool(_stop, context)
             logger.info("fleet server stopped")
 
@@ -151,8 +180,12 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.context = context
+    app.state.rollouts = rollouts
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(FleetServerError, _server_error)
     app.include_router(api_router())
     app.include_router(health.router)
+    app.include_router(tuf.router)
+    mount_console(app)
+    app.add_middleware(AuditMiddleware, engine=context.engine)
     return app

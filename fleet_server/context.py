@@ -12,6 +12,7 @@ from fleet_server.broker import EmbeddedBroker
 from fleet_server.gateway import Gateway
 from fleet_server.metrics import ServerMetrics
 from fleet_server.settings import Settings
+from fleet_server.tufrepo import TufService
 
 
 @dataclass
@@ -22,5 +23,6 @@ class ServerContext:
     metrics: ServerMetrics
     gateway: Gateway
     broker: EmbeddedBroker | None = None
+    tuf: TufService | None = None  # None: trust not configured (JETFLEET_KEYS_DIR unset)
     # Serializes "read sequence, write sequence + 1" per process (see assignments.py).
     assign_lock: threading.Lock = field(default_factory=threading.Lock)

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlmodel import Session
 
 from fleet_server.context import ServerContext
+from fleet_server.rollouts import RolloutController
 
 
 def get_context(request: Request) -> ServerContext:
@@ -23,3 +24,11 @@ def get_session(context: Annotated[ServerContext, Depends(get_context)]) -> Iter
 
 ContextDep = Annotated[ServerContext, Depends(get_context)]
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_rollouts(request: Request) -> RolloutController:
+    controller: RolloutController = request.app.state.rollouts
+    return controller
+
+
+RolloutsDep = Annotated[RolloutController, Depends(get_rollouts)]

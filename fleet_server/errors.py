@@ -8,7 +8,8 @@ FleetServerError
 ├── TooLargeError        an upload over the configured cap (HTTP 413)
 ├── ArtifactError        the artifact store cannot read or write an artifact
 ├── BrokerError          the embedded MQTT broker cannot start or stop
-└── StorageError         the database refused a write the server cannot recover from
+├── StorageError         the database refused a write the server cannot recover from
+└── TrustError           a TUF or director key or metadata that cannot be used
 """
 
 from __future__ import annotations
@@ -44,3 +45,7 @@ class ArtifactError(FleetServerError):
 
 class BrokerError(FleetServerError):
     """The embedded MQTT broker failed to start or stop."""
+
+
+class TrustError(FleetServerError):
+    """A TUF or director key, or TUF metadata, that cannot be read, written or used."""

@@ -186,6 +186,8 @@ class Gateway:
         self._reconcile_at: float | None = None
         self._retained_desired: dict[str, bytes] = {}
         self._db_down = False
+        # Set by build_context when trust is configured: stored payload → signed bytes.
+        self.sign_desired: Callable[[bytes], bytes] = lambda payload: payload
 
     # -- lifecycle ----------------------------------------------------------------
     @property
@@ -227,7 +229,7 @@ class Gateway:
                 infos.append(
                     self.client.publish(
                         topics.desired(assignment.device_id),
-                        assignment.payload.encode("utf-8"),
+                        self.sign_desired(assignment.payload.encode("utf-8")),
                         qos=1,
                         retain=True,
                     )
@@ -248,11 +250,12 @@ class Gateway:
         self._reconcile_at = None
         self.client.unsubscribe(topics.subscription("desired"))
         with self._desired_lock, Session(self.engine) as session:
-            wanted = current_payloads(session)
-            stale = [d for d, p in wanted.items() if self._retained_desired.get(d) != p.encode()]
+            wanted = {d: self.sign_desired(p.encode()) for d, p in
+                      current_payloads(session).items()}
+            stale = [d for d, p in wanted.items() if self._retained_desired.get(d) != p]
             for device_id in stale:
                 self.client.publish(
-                    topics.desired(device_id), wanted[device_id].encode(), qos=1, retain=True
+                    topics.desired(device_id), wanted[device_id], qos=1, retain=True
                 )
                 self.metrics.desired_published.inc()
         self._retained_desired.clear()

@@ -34,6 +34,13 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8400, ge=0, le=65535)
+    # False: REST API and console open to anyone (tests, the demo). Never in production.
+    auth_enabled: bool = True
+
+    # Trust (docs/trust.md): a directory made by `jetfleet keys init`. None → assignments
+    # go out unsigned and no TUF metadata is published (logged as a warning).
+    keys_dir: Path | None = None
+    tuf_refresh_interval: float = Field(default=600.0, gt=0, le=86_400)
 
     block_size: int = Field(default=DEFAULT_BLOCK_SIZE, gt=0, le=MAX_BLOCK_SIZE)
     max_package_bytes: int = Field(default=MAX_PACKAGE_BYTES, gt=0)
@@ -44,6 +51,7 @@ class Settings(BaseSettings):
     inbox_put_timeout: float = Field(default=10.0, ge=0)
     fetch_queue_limit: int = Field(default=1_000, ge=1)
     desired_reconcile_delay: float = Field(default=1.0, ge=0)
+    rollout_tick_interval: float = Field(default=2.0, gt=0, le=600)
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

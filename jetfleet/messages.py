@@ -240,6 +240,12 @@ class Command(DeviceMessage):
     signature: str | None = None
     keyid: str | None = None
 
+    def signed_payload(self) -> bytes:
+        """The bytes a director signature covers: canonical JSON without the signature."""
+        return canonical_json(
+            self.model_dump(mode="json", exclude_none=True, exclude={"signature", "keyid"})
+        )
+
 
 class FetchRequest(DeviceMessage):
     """``d/{device}/fetch``: ask for block ranges ``[start, end)`` of one artifact."""

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from fleet_server.api import assignments, devices, events, packages, releases, telemetry
+from fleet_server.api import (
+    assignments,
+    devices,
+    events,
+    packages,
+    releases,
+    rollouts,
+    telemetry,
+    users,
+)
+from fleet_server.auth import authorize_api
 
 API_PREFIX = "/api/v1"
 
 
 def api_router() -> APIRouter:
-    router = APIRouter(prefix=API_PREFIX)
-    for module in (devices, packages, releases, assignments, events, telemetry):
+    # Reads need a viewer, anything else an operator (users.router: admin).
+    router = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorize_api)])
+    for module in (devices, packages, releases, assignments, events, telemetry, rollouts):
         router.include_router(module.router)
+    router.include_router(users.router)
     return router
 
 

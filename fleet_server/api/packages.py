@@ -69,6 +69,8 @@ def _register(context: ServerContext, received: ReceivedFile) -> tuple[Package, 
                 raise
             return winner, False
         session.refresh(package)
+        if context.tuf is not None:  # a TUF target before any device can be assigned it
+            context.tuf.add_package(package.sha256, package.length)
         return package, True
 
 

@@ -45,6 +45,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "ingest_batch_interval": 0.05,
         "desired_reconcile_delay": 0.3,
         "client_id": f"server-{tmp_path.name[-20:]}",
+        "auth_enabled": False,  # auth has its own tests (test_auth.py)
     }
     values.update(overrides)
     return Settings(**values)
