@@ -26,6 +26,7 @@ release_app = typer.Typer(help="Releases.", no_args_is_help=True)
 device_app = typer.Typer(help="Devices.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Rollouts in waves with health gates.", no_args_is_help=True)
 broker_app = typer.Typer(help="The MQTT broker (Mosquitto) configuration.", no_args_is_help=True)
+user_app = typer.Typer(help="Console/API users and tokens.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(server_app, name="server")
 app.add_typer(package_app, name="package")
@@ -33,6 +34,7 @@ app.add_typer(release_app, name="release")
 app.add_typer(device_app, name="device")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(broker_app, name="broker")
+app.add_typer(user_app, name="user")
 CaDir = Annotated[
     Path,
     typer.Option(
@@ -308,6 +310,43 @@ def device_revoke(name: str, ca_dir: CaDir = Path("var/server/ca")) -> None:
         f"revoked serials {serials}; send SIGHUP to mosquitto to reload the CRL "
         "(restart it to drop sessions already open)"
     )
+
+
+@user_app.command("create")
+def user_create(
+    name: str,
+    role: Annotated[str, typer.Option(help="admin, operator or viewer")] = "viewer",
+    password_stdin: Annotated[bool, typer.Option("--password-stdin")] = False,
+) -> None:
+    """Create a user in the server's database (the first admin, for instance)."""
+    from fleet_server import get_settings
+    from fleet_server.auth import create_user
+    from fleet_server.db import make_engine
+    from fleet_server.errors import FleetServerError
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = create_user(make_engine(get_settings().db_url), name, password, role)
+    except FleetServerError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"created {user.role} {user.name}")
+
+
+@user_app.command("token")
+def user_token(name: str, label: Annotated[str, typer.Option(help="token name")] = "cli") -> None:
+    """Issue an API token for a user; it is shown once (use as JETFLEET_TOKEN)."""
+    from fleet_server import get_settings
+    from fleet_server.auth import create_api_token
+    from fleet_server.db import make_engine
+    from fleet_server.errors import FleetServerError
+
+    try:
+        typer.echo(create_api_token(make_engine(get_settings().db_url), name, label))
+    except FleetServerError as exc:
+        raise _fail(exc) from exc
 
 
 def format_rollout(r: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -100,6 +101,21 @@ def _agent_yaml(workdir: Path, name: str, broker_url: str, replay: Path, site: s
     return path
 
 
+def _num(value: Any, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _demo_admin(data_dir: Path, password: str) -> str:
+    """Create the demo's admin user in the server's database; return an API token."""
+    from fleet_server.auth import create_api_token, create_user
+    from fleet_server.db import make_engine
+    from fleet_server.settings import Settings
+
+    engine = make_engine(Settings(data_dir=data_dir, database_url=None).db_url)
+    create_user(engine, "admin", password, "admin")
+    return create_api_token(engine, "admin", "demo")
+
+
 def _wait(what: str, check: Any, timeout: float, children: Children, poll: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -134,7 +150,6 @@ def run_demo(
             "JETFLEET_HTTP_PORT": str(http_port),
             "JETFLEET_EMBEDDED_BROKER_PORT": str(broker_port),
             "PYTHONUNBUFFERED": "1",
-            "JETFLEET_AUTH_ENABLED": "false",
         }
     )
     env.pop("JETFLEET_BROKER_URL", None)
@@ -161,7 +176,10 @@ def run_demo(
         )
 
         _wait("server /healthz", lambda: client.get("/healthz"), 60, children)
+        password = secrets.token_urlsafe(12)
+        client = FleetClient(base_url, _demo_admin(workdir / "server", password))
         tl.say(f"server up: {base_url}  (API docs {base_url}/docs)")
+        tl.say(f"console: {base_url}/console  (log in as admin / {password})")
         pkg = client.upload_package(built.path)
         tl.say(f"uploaded package {pkg['sha256'][:12]} ({pkg['name']} {pkg['version']})")
         release = client.post(
@@ -218,10 +236,11 @@ def run_demo(
             rows = client.get(f"/api/v1/telemetry?device_id={n}&limit=1")
             last = rows[0] if rows else {}
             gpu = last.get("gpu_load_pct")
-            gpu_text = "absent (no GPU on this host)" if gpu is None else f"{gpu} %"
+            gpu_text = "absent (no GPU on this host)" if gpu is None else f"{gpu:.0f} %"
             tl.say(
-                f"{n}: p95 {last.get('p95_ms')} ms, cpu {last.get('cpu_pct')} %, "
-                f"agent rss {last.get('agent_rss_mb')} MB, gpu {gpu_text}"
+                f"{n}: p95 {_num(last.get('p95_ms'), '.2f')} ms, "
+                f"cpu {_num(last.get('cpu_pct'), '.0f')} %, "
+                f"agent rss {_num(last.get('agent_rss_mb'), '.0f')} MB, gpu {gpu_text}"
             )
         ok = True
         if once:
