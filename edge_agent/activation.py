@@ -86,6 +86,13 @@ class Activator:
             return
         self.engines.swap(engine)
         logger.info("serving %s (%s)", st.active_release, st.active_sha256[:12])
+        good = st.known_good_sha256
+        if st.trial is not None and good is not None and good != st.active_sha256:
+            try:  # keep known-good loaded so a revert is a pointer swap
+                self.engines.set_standby(self._load(good, st.known_good_release))
+            except ActivationError as exc:
+                logger.warning("known-good %s cannot be kept loaded: %s",
+                               st.known_good_release, exc)
 
     # -- activation ------------------------------------------------------------------
     def activate(self, sha256: str, release: str | None, sequence: int | None = None) -> bool:
@@ -117,6 +124,9 @@ class Activator:
         st.trial = TrialRecord(sha256=sha256, release=release, started_at=self.clock())
         st.set_slot(sha256, SlotStatus.TRIAL, now=self.clock(), release=release)
         self._save()
+        current = self.engines.current
+        if current is not None and current.sha256 == st.known_good_sha256:
+            self.engines.set_standby(current)  # known-good stays loaded during the trial
         self.engines.swap(engine)
         self.emit(EventType.TRIAL, **ev, data={
             "golden_max_error": check.golden_max_error,
@@ -144,6 +154,7 @@ class Activator:
         st.set_slot(trial.sha256, SlotStatus.COMMITTED, now=self.clock(), release=trial.release)
         self._prune_records()
         self._save()
+        self.engines.set_standby(None)  # the old known-good is not needed any more
         self.emit(EventType.COMMITTED, sha256=trial.sha256, release=trial.release,
                   message=f"{trial.release} is known-good")
         self.on_change()
@@ -160,11 +171,13 @@ class Activator:
                       message=f"revert not possible: {reason}", data={"action": "revert",
                                                                       "done": False})
             return False
-        try:
-            engine = self._load(good_sha, good_release)
-        except ActivationError as exc:
-            logger.error("known-good %s does not load either: %s", good_release, exc)
-            return False
+        engine = self.engines.standby
+        if engine is None or engine.sha256 != good_sha or engine.closed:
+            try:
+                engine = self._load(good_sha, good_release)
+            except ActivationError as exc:
+                logger.error("known-good %s does not load either: %s", good_release, exc)
+                return False
         if bad_sha is not None:
             if bad_sha not in st.reverted:
                 st.reverted.append(bad_sha)

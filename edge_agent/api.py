@@ -3,7 +3,8 @@
 * ``POST /v1/infer`` — JSON ``{"inputs": {"input": [[...]]}}`` → ``{"outputs": {...}}``;
   or a raw tensor (``Content-Type: application/octet-stream``, ``X-Shape: 1,64``,
   ``X-Dtype: float32``) for a single-input model → the first output, raw, with the
-  same headers.  Bad bodies → 400, no model → 503.
+  same headers.  Bad bodies → 400, no model → 503; over the admission rate → 429 and a
+  full queue → 503 at once, both with ``Retry-After`` (see :mod:`edge_agent.batching`).
 * ``GET /health`` — 200 when serving, 503 otherwise; JSON with release, sha256, state.
 * ``GET /metrics`` — Prometheus text format.
 """
@@ -16,18 +17,34 @@ import threading
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from edge_agent.engine import InferenceResult, InferenceService
-from edge_agent.errors import BackendError, BadRequest, InferenceError, NotServing
+from edge_agent.engine import InferenceResult
+from edge_agent.errors import (
+    BackendError,
+    BadRequest,
+    InferenceError,
+    NotServing,
+    Overloaded,
+    RateLimited,
+)
+from edge_agent.runtime import InputSpec
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024 * 1024
 RAW_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 RAW_TYPE = "application/octet-stream"
+
+
+class Inferer(Protocol):
+    """What the API runs requests through: the service or the batcher in front of it."""
+
+    def input_specs(self) -> list[InputSpec]: ...
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> InferenceResult: ...
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -37,7 +54,7 @@ class ApiServer(ThreadingHTTPServer):
     def __init__(
         self,
         address: tuple[str, int],
-        service: InferenceService,
+        service: Inferer,
         health: Callable[[], tuple[bool, dict[str, Any]]],
         metrics: Callable[[], str],
     ) -> None:
@@ -152,6 +169,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc), close=True)
         except BadRequest as exc:
             self._error(HTTPStatus.BAD_REQUEST, str(exc), close=True)
+        except RateLimited as exc:
+            self._error(HTTPStatus.TOO_MANY_REQUESTS, str(exc), retry_after=1)
+        except Overloaded as exc:
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc), retry_after=1)
         except NotServing as exc:
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
         except (BackendError, InferenceError) as exc:
@@ -199,13 +220,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: HTTPStatus, body: dict[str, Any]) -> None:
         self._send(status, json.dumps(body).encode(), "application/json")
 
-    def _error(self, status: HTTPStatus, message: str, *, close: bool = False) -> None:
+    def _error(self, status: HTTPStatus, message: str, *, close: bool = False,
+               retry_after: int | None = None) -> None:
         if close:
             self.close_connection = True
-        self._json(status, {"error": message, "status": int(status)})
+        data = json.dumps({"error": message, "status": int(status)}).encode()
+        self._send(status, data, "application/json", retry_after=retry_after)
 
-    def _send(self, status: HTTPStatus, data: bytes, content_type: str) -> None:
+    def _send(self, status: HTTPStatus, data: bytes, content_type: str,
+              retry_after: int | None = None) -> None:
         self.send_response(status)
+        if retry_after is not None:
+            self.send_header("Retry-After", str(retry_after))
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         if self.close_connection:

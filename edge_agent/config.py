@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge_agent.errors import ConfigError
+from edge_agent.rules import ServingConfig, WatchdogConfig
+from edge_agent.trust import TrustConfig
 from jetfleet.errors import MqttError, TopicError
 from jetfleet.mqtt import BrokerAddress
 from jetfleet.topics import validate_device_id
@@ -56,6 +58,10 @@ class AgentConfig(BaseModel):
     fetch_window_blocks: int = Field(default=32, ge=1, le=256)
     fetch_timeout_s: float = Field(default=5.0, gt=0, le=600)
     replay: ReplayConfig | None = None
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    # None: unsigned assignments and packages are accepted (logged as a warning).
+    trust: TrustConfig | None = None
 
     @field_validator("device_id")
     @classmethod
@@ -109,6 +115,11 @@ class AgentConfig(BaseModel):
                     "cert_file": fix(self.tls.cert_file) if self.tls.cert_file else None,
                     "key_file": fix(self.tls.key_file) if self.tls.key_file else None,
                 }
+            )
+        if self.trust is not None:
+            update["trust"] = self.trust.model_copy(
+                update={"root": fix(self.trust.root),
+                        "director_key": fix(self.trust.director_key)}
             )
         return self.model_copy(update=update)
 

@@ -22,11 +22,12 @@ from pydantic import ValidationError
 from edge_agent import metrics as agent_metrics
 from edge_agent.activation import Activator
 from edge_agent.api import ApiServer
+from edge_agent.batching import Batcher
 from edge_agent.buffer import Buffer, Forwarder, PublishInfo
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.engine import EngineSlot, InferenceService
 from edge_agent.errors import AgentError, ConfigError
-from edge_agent.inbound import BadBlock, InboundValidator, Rejected
+from edge_agent.inbound import BadBlock, InboundValidator, Rejected, TufPayload
 from edge_agent.replay import Replay, load_samples
 from edge_agent.runtime import backend_factory
 from edge_agent.slots import SlotStore
@@ -38,7 +39,9 @@ from edge_agent.telemetry import (
     default_gpu_provider,
     detect_device_profile,
 )
+from edge_agent.trust import DeviceTrust
 from edge_agent.updater import Updater
+from edge_agent.watchdog import RequestLog, Watchdog
 from jetfleet import __version__, topics
 from jetfleet.errors import MqttError
 from jetfleet.frames import BlockFrame
@@ -101,6 +104,13 @@ class Agent:
             factory=backend_factory(config.backend), threads=config.intra_op_threads,
             bake_s=config.bake_s, clock=clock, emit=self.emit, on_change=self._changed,
         )
+        self.batcher = Batcher(self.service, config.serving)
+        self.request_log = RequestLog()
+        self.service.observer = self.request_log.record
+        self.watchdog = Watchdog(
+            config.watchdog, activator=self.activator, log=self.request_log,
+            limiter=self.batcher.limiter, gpu=self.gpu, emit=self.emit, on_change=self._changed,
+        )
         self.inbox: queue.Queue[Inbound | Connection] = queue.Queue()
         self.mqtt: MqttClient | None = None
         self.api: ApiServer | None = None
@@ -117,6 +127,8 @@ class Agent:
             changed=self._changed, is_connected=lambda: self._connected,
             publish=self._publish, subscribe=self._subscribe, unsubscribe=self._unsubscribe,
             window=config.fetch_window_blocks, timeout_s=config.fetch_timeout_s,
+            trust=(DeviceTrust(config.trust, self.state_dir / "tuf")
+                   if config.trust is not None else None),
         )
         self._forwarders = [
             Forwarder(self.buffer, "telemetry", self._build_telemetry,
@@ -145,10 +157,11 @@ class Agent:
         self.activator.boot()
         address = (self.config.api_host, self.config.api_port)
         try:
-            self.api = ApiServer(address, self.service, self.health, self.metrics_text)
+            self.api = ApiServer(address, self.batcher, self.health, self.metrics_text)
         except OSError as exc:
             where = f"{address[0]}:{address[1]}"
             raise AgentError(f"local API cannot listen on {where}: {exc}") from exc
+        self.batcher.start()
         self.api.start()
         write_atomic(self.state_dir / "api.json",
                      json.dumps({"url": self.api.url, "pid": os.getpid()}).encode())
@@ -161,6 +174,9 @@ class Agent:
         self.mqtt = self._mqtt_factory(
             f"jetfleet-agent-{self.device_id}", self.config.broker_address(), self.inbox, will
         )
+        if self.config.trust is not None:  # before desired: retained metadata comes first
+            for role in topics.TUF_ROLES:
+                self.mqtt.subscribe(topics.tuf(role), 1)
         for topic in (topics.desired(self.device_id), topics.cmd(self.device_id),
                       topics.blocks(self.device_id)):
             self.mqtt.subscribe(topic, 1)
@@ -232,6 +248,7 @@ class Agent:
             self.mqtt.stop()
         if self.api is not None:
             self.api.stop()
+        self.batcher.stop()
         self.updater.close()
         self.buffer.close()
         try:
@@ -258,6 +275,7 @@ class Agent:
         for fwd in self._forwarders:
             fwd.step(self._connected, now)
         self.updater.tick()
+        self.watchdog.tick()
         if self.activator.tick():
             self.updater.cleanup_slots()
         if self._dirty:
@@ -357,7 +375,9 @@ class Agent:
         elif isinstance(message, DesiredAssignment):
             self.updater.on_desired(message, result.raw)
         elif isinstance(message, Command):
-            self.updater.on_command(message)
+            self.updater.on_command(message, result.raw)
+        elif isinstance(message, TufPayload):
+            self.updater.on_tuf(message.role, message.payload)
 
     # -- local API hooks -------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:

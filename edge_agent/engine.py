@@ -3,7 +3,8 @@
 * :class:`Engine` — a loaded backend plus what it is: release, sha256, card, golden vectors.
 * :class:`EngineSlot` — the pointer requests go through.  :meth:`EngineSlot.swap` is an
   atomic pointer swap: requests that already hold the old engine finish on it (it is
-  closed when its last request ends), new requests get the new one; none fails.
+  closed when its last request ends), new requests get the new one; none fails.  During a
+  trial the known-good engine stays loaded as the ``standby``, so a revert is a swap too.
 * :class:`InferenceService` — validates inputs, runs, and records latency/errors.
 """
 
@@ -13,7 +14,7 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,7 @@ class EngineSlot:
 
     def __init__(self) -> None:
         self._engine: Engine | None = None
+        self._standby: Engine | None = None
         self._lock = threading.Lock()
 
     @property
@@ -161,17 +163,46 @@ class EngineSlot:
             if close:
                 engine.close()
 
+    @property
+    def standby(self) -> Engine | None:
+        """The known-good engine kept loaded during a trial (revert = pointer swap)."""
+        return self._standby
+
     def swap(self, new: Engine | None) -> Engine | None:
-        """Point at ``new``; the old engine closes once its in-flight requests end."""
+        """Point at ``new``; the old engine closes once its in-flight requests end
+        (unless it is the :attr:`standby`, which stays loaded)."""
         with self._lock:
             old, self._engine = self._engine, new
-            close = False
-            if old is not None and old is not new:
-                old.retired = True
-                close = old.refs == 0
-        if close and old is not None:
-            old.close()
+            retire: list[Engine] = []
+            if old is not None and old is not new and old is not self._standby:
+                retire.append(old)
+            if self._standby is new:
+                self._standby = None
+            close = self._retire(retire)
+        for engine in close:
+            engine.close()
         return old
+
+    def set_standby(self, engine: Engine | None) -> None:
+        """Keep ``engine`` loaded beside the current one (``None`` drops the standby)."""
+        with self._lock:
+            old, self._standby = self._standby, engine
+            close = self._retire([old] if old is not None and old is not engine else [])
+        for item in close:
+            item.close()
+
+    def _retire(self, engines: list[Engine]) -> list[Engine]:
+        close = []
+        for engine in engines:
+            if engine is self._engine:
+                continue
+            engine.retired = True
+            if engine.refs == 0:
+                close.append(engine)
+        return close
+
+
+Observer = Callable[[str, float, BackendError | None], None]
 
 
 @dataclass(frozen=True)
@@ -188,6 +219,13 @@ class InferenceService:
     def __init__(self, slot: EngineSlot, stats: InferenceStats) -> None:
         self.slot = slot
         self.stats = stats
+        self.observer: Observer | None = None  # the watchdog's request log
+
+    def observe(self, sha256: str, latency_ms: float, error: BackendError | None) -> None:
+        """Record one request's outcome (stats, and the watchdog when attached)."""
+        self.stats.record(latency_ms, ok=error is None)
+        if self.observer is not None:
+            self.observer(sha256, latency_ms, error)
 
     def input_specs(self) -> list[InputSpec]:
         engine = self.slot.current
@@ -205,9 +243,9 @@ class InferenceService:
             start = time.perf_counter()
             try:
                 outputs = engine.run(prepared)
-            except BackendError:
-                self.stats.record((time.perf_counter() - start) * 1000.0, ok=False)
+            except BackendError as exc:
+                self.observe(engine.sha256, (time.perf_counter() - start) * 1000.0, exc)
                 raise
             latency = (time.perf_counter() - start) * 1000.0
-            self.stats.record(latency, ok=True)
+            self.observe(engine.sha256, latency, None)
             return InferenceResult(outputs, engine.release, engine.sha256, latency)

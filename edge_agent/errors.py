@@ -6,10 +6,15 @@
     ├── SlotError          a slot file or bitmap that cannot be used
     │   └── TransferError  a block transfer that failed (bad length, sha256, deadline)
     ├── BackendError       a runtime backend that cannot load or run a model
+    │   ├── RuntimeCrashed the runtime itself died (restart it; not a bad request)
+    │   └── EngineError    a TensorRT engine that does not build, deserialize or pass golden
     ├── ActivationError    a staged package that failed testing (golden, latency, load)
+    ├── TrustRefused       a message or package refused by the director/TUF checks
     └── InferenceError     an inference request that cannot be served
         ├── BadRequest     the request itself is wrong (HTTP 400)
-        └── NotServing     no engine is loaded (HTTP 503)
+        ├── NotServing     no engine is loaded (HTTP 503)
+        ├── RateLimited    over the admission rate (HTTP 429)
+        └── Overloaded     the request queue is full (HTTP 503)
 """
 
 from __future__ import annotations
@@ -39,6 +44,17 @@ class BackendError(AgentError):
     """A runtime backend could not load or run a model."""
 
 
+class EngineError(BackendError):
+    """A TensorRT engine failed to build, deserialize or match its golden vectors.
+
+    Such an engine is never activated, and its cache entry (if any) is removed.
+    """
+
+
+class RuntimeCrashed(BackendError):
+    """The runtime died (not the request's fault); the engine must be reloaded."""
+
+
 class ActivationError(AgentError):
     """A staged package failed testing: load, golden vectors or the latency budget."""
 
@@ -53,3 +69,24 @@ class BadRequest(InferenceError):
 
 class NotServing(InferenceError):
     """No engine is loaded."""
+
+
+class RateLimited(InferenceError):
+    """Over the token-bucket admission rate (HTTP 429)."""
+
+
+class Overloaded(InferenceError):
+    """The inference queue is full (HTTP 503)."""
+
+
+class TrustRefused(AgentError):
+    """A message or package refused by the trust checks (director signature, TUF).
+
+    ``reason`` is a short code (``bad_signature``, ``tuf_rollback``, ...) for the
+    ``security.rejected`` event.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -57,7 +57,15 @@ class BadBlock:
     index: int
 
 
-Accepted = DesiredAssignment | Command | BlockFrame | BadBlock
+@dataclass(frozen=True)
+class TufPayload:
+    """TUF metadata from ``tuf/{role}``: judged by :mod:`edge_agent.trust`, not here."""
+
+    role: str
+    payload: bytes
+
+
+Accepted = DesiredAssignment | Command | BlockFrame | BadBlock | TufPayload
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,11 @@ class InboundValidator:
             return self.reject(kind, "device_mismatch", f"topic is for {parsed.device_id}")
         if kind == "blocks":
             return self._frame(msg, parsed.sha256)
+        if kind == "tuf" and parsed.role is not None:
+            if not msg.payload or len(msg.payload) > MAX_PAYLOAD["tuf"]:
+                return self.reject(kind, "too_large" if msg.payload else "empty",
+                                   f"tuf/{parsed.role} payload of {len(msg.payload)} bytes")
+            return Valid(kind, TufPayload(parsed.role, msg.payload), msg.payload, msg.retain)
         if kind not in ("desired", "cmd"):
             return self.reject(kind, "bad_topic", f"agent does not take {kind!r} messages")
         if not msg.payload:

@@ -56,4 +56,31 @@ def render(agent: Agent) -> str:
         ("jetfleet_agent_buffer_dropped", "gauge", "items dropped from the full outbox, unreported",
          [({**labels, "kind": k}, float(agent.buffer.dropped(k))) for k in KINDS]),
     ]
+    families += _selfheal(agent, labels)
     return prometheus(families)
+
+
+def _selfheal(agent: Agent, labels: dict[str, str]) -> list[tuple[str, str, str, list[Sample]]]:
+    """Batching, admission and watchdog counters (issue 5)."""
+    batcher, dog = agent.batcher, agent.watchdog
+    sizes = sorted(batcher.batch_sizes.items())
+    return [
+        ("jetfleet_agent_batches_total", "counter", "inference batches run",
+         [(labels, float(batcher.batches))]),
+        ("jetfleet_agent_batch_size_total", "counter", "batches run, by batch size",
+         [({**labels, "size": str(size)}, float(n)) for size, n in sizes]),
+        ("jetfleet_agent_requests_rejected_total", "counter",
+         "requests refused at once: 429 over the rate, 503 queue full",
+         [({**labels, "code": "429"}, float(batcher.rejected_rate)),
+          ({**labels, "code": "503"}, float(batcher.rejected_full))]),
+        ("jetfleet_agent_queue_depth", "gauge", "inference requests waiting for a batch",
+         [(labels, float(batcher.queued()))]),
+        ("jetfleet_agent_watchdog_trips_total", "counter", "watchdog actions taken",
+         [(labels, float(dog.trips))]),
+        ("jetfleet_agent_watchdog_reverts_total", "counter", "watchdog reverts to known-good",
+         [(labels, float(dog.reverts))]),
+        ("jetfleet_agent_runtime_restarts_total", "counter", "runtime restarts after a crash",
+         [(labels, float(dog.restarts))]),
+        ("jetfleet_agent_throttled", "gauge", "1 while the admission rate is throttled",
+         [(labels, 1.0 if dog.throttled else 0.0)]),
+    ]

@@ -11,6 +11,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -99,14 +100,13 @@ class OnnxRuntimeBackend(Backend):
         self._lock = threading.Lock()
 
     def load(self, model: bytes, threads: int) -> None:
-        import onnxruntime as ort  # imported here: the agent starts without a model
-
+        ort = self._onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(model, options, providers=self._providers())
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise BackendError(f"ONNX Runtime cannot load the model: {exc}") from exc
         specs = []
@@ -141,14 +141,41 @@ class OnnxRuntimeBackend(Backend):
         with self._lock:
             self._session = None
 
+    def _onnxruntime(self) -> Any:
+        import onnxruntime  # imported here: the agent starts without a model
+
+        return onnxruntime
+
+    def _providers(self) -> list[Any]:
+        """Execution providers, best first (the GPU backend in edge_agent.tensorrt adds some)."""
+        return ["CPUExecutionProvider"]
+
 
 BackendFactory = Callable[[], Backend]
 
-BACKENDS: dict[str, BackendFactory] = {"onnxruntime": OnnxRuntimeBackend}
+
+def _tensorrt_backend() -> Backend:
+    from edge_agent.tensorrt import TensorRTBackend  # needs tensorrt + pycuda only on load
+
+    return TensorRTBackend()
+
+
+def _onnxruntime_gpu_backend() -> Backend:
+    from edge_agent.tensorrt import OnnxRuntimeGpuBackend
+
+    return OnnxRuntimeGpuBackend()
+
+
+BACKENDS: dict[str, BackendFactory] = {
+    "onnxruntime": OnnxRuntimeBackend,
+    "onnxruntime-gpu": _onnxruntime_gpu_backend,
+    # runs engine plans: load_engine must hand it an engine (edge_agent.enginebuild)
+    "tensorrt": _tensorrt_backend,
+}
 
 
 def backend_factory(name: str) -> BackendFactory:
-    """The factory for a backend name; ``tensorrt`` arrives with issue 6."""
+    """The factory for a backend name."""
     factory = BACKENDS.get(name)
     if factory is None:
         raise BackendError(

@@ -46,6 +46,18 @@ class TrialRecord(BaseModel):
     boots: int = 0
 
 
+class SelfHealRecord(BaseModel):
+    """What the watchdog did: runtime restarts (wall-clock times), trips, throttle."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    restarts: list[float] = Field(default_factory=list)
+    trips: int = 0
+    throttled: bool = False
+    last_action: str | None = None
+    last_rule: str | None = None
+
+
 class AgentState(BaseModel):
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
 
@@ -61,6 +73,7 @@ class AgentState(BaseModel):
     reverted: list[str] = Field(default_factory=list)
     trial: TrialRecord | None = None
     boots: int = 0
+    selfheal: SelfHealRecord = Field(default_factory=SelfHealRecord)
 
     def set_slot(
         self,

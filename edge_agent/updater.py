@@ -16,11 +16,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge_agent.activation import Activator, Emit
-from edge_agent.errors import SlotError, TransferError
+from edge_agent.errors import SlotError, TransferError, TrustRefused
 from edge_agent.inbound import InboundValidator
 from edge_agent.ota import Download, Outcome
 from edge_agent.slots import SlotStore
 from edge_agent.state import AgentState, StateStore
+from edge_agent.trust import DeviceTrust
 from jetfleet import topics
 from jetfleet.errors import MqttError
 from jetfleet.frames import BlockFrame
@@ -50,6 +51,7 @@ class Updater:
         unsubscribe: Callable[[str], None],
         window: int,
         timeout_s: float,
+        trust: DeviceTrust | None = None,
     ) -> None:
         self.device_id = device_id
         self.state = state
@@ -70,6 +72,11 @@ class Updater:
         self.ota_totals: dict[str, int] = {}
         self.frames_ignored = 0
         self._progress_mark = 0.0
+        self.trust = trust
+        self._deferred: tuple[DesiredAssignment, bytes] | None = None  # waits for TUF
+        if trust is None:
+            logger.warning("trust is not configured: unsigned assignments, commands and "
+                           "packages are accepted")
 
     # -- connection and ticks --------------------------------------------------------------
     def on_connected(self, connected: bool) -> None:
@@ -107,7 +114,38 @@ class Updater:
             self.download.close()
 
     # -- assignments -------------------------------------------------------------------------
+    def _refuse(self, exc: TrustRefused, a: DesiredAssignment | None = None,
+                **data: Any) -> None:
+        logger.warning("refused by trust checks: %s", exc)
+        ev: dict[str, Any] = ({"sha256": a.sha256, "release": a.release, "sequence": a.sequence}
+                              if a is not None else {})
+        self.emit(EventType.REJECTED, **ev, message=str(exc)[:500],
+                  data={"reason": exc.reason, **data})
+
+    def on_tuf(self, role: str, payload: bytes) -> None:
+        """TUF metadata from ``tuf/{role}``; an assignment waiting for it is tried again."""
+        if self.trust is None:
+            return
+        try:
+            self.trust.on_metadata(role, payload)
+            if role == "timestamp":  # the last of a release: check it now, not at the next use
+                self.trust.refresh()
+        except TrustRefused as exc:
+            if exc.reason != "tuf_metadata_missing":  # the rest of a release is on its way
+                self._refuse(exc, role=role)
+                return
+        if self._deferred is not None:
+            assignment, raw = self._deferred
+            self._deferred = None
+            self.on_desired(assignment, raw)
+
     def on_desired(self, assignment: DesiredAssignment, raw: bytes) -> None:
+        if self.trust is not None:
+            try:
+                self.trust.check_signed(assignment, raw)
+            except TrustRefused as exc:
+                self._refuse(exc, assignment)
+                return
         st = self.state
         last = st.assignment_sequence
         if last is not None and assignment.sequence <= last:
@@ -121,6 +159,16 @@ class Updater:
             self.emit(EventType.REJECTED, sha256=assignment.sha256, release=assignment.release,
                       sequence=assignment.sequence, message=f"assignment refused: {text}")
             return
+        if self.trust is not None:
+            try:
+                self.trust.check_assignment(assignment)
+            except TrustRefused as exc:
+                waiting = exc.reason in ("tuf_metadata_missing", "target_unknown")
+                if waiting:  # metadata may still be on its way: try again when it arrives
+                    self._deferred = (assignment, raw)
+                self._refuse(exc, assignment, deferred=waiting)
+                return
+        self._deferred = None
         st.assignment_sequence = assignment.sequence
         st.assignment_raw = raw.decode()
         self.store.save(st)
@@ -166,7 +214,13 @@ class Updater:
         elif self.download is None:
             self._start_download(a)
 
-    def on_command(self, cmd: Command) -> None:
+    def on_command(self, cmd: Command, raw: bytes | None = None) -> None:
+        if self.trust is not None:
+            try:
+                self.trust.check_signed(cmd, raw if raw is not None else cmd.to_bytes())
+            except TrustRefused as exc:
+                self._refuse(exc, sequence=cmd.sequence, command=cmd.command)
+                return
         st = self.state
         if cmd.sequence <= st.command_sequence:
             self.emit(EventType.REJECTED, sequence=cmd.sequence,
@@ -265,6 +319,17 @@ class Updater:
         self.changed()
 
     def _activate(self, a: DesiredAssignment) -> None:
+        path = self.slots.package_path(a.sha256)
+        if self.trust is not None and path is not None:
+            try:
+                self.trust.verify_file(a, path)
+            except TrustRefused as exc:  # never staged: the known-good engine keeps serving
+                self.state.set_slot(a.sha256, SlotStatus.FAILED, now=self.clock(),
+                                    reason=str(exc)[:500])
+                self.store.save(self.state)
+                self._refuse(exc, a)
+                self.cleanup_slots()
+                return
         self.activator.activate(a.sha256, a.release, a.sequence)
         self.cleanup_slots()
 
