@@ -123,6 +123,9 @@ def parse_json(body: bytes) -> dict[str, np.ndarray]:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    # Headers and body go out as separate writes on a keep-alive connection: with Nagle's
+    # algorithm on, the body waits for the client's delayed ACK (~40 ms per request).
+    disable_nagle_algorithm = True
     server: ApiServer
     protocol_version = "HTTP/1.1"
 
