@@ -27,6 +27,7 @@ device_app = typer.Typer(help="Devices.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Rollouts in waves with health gates.", no_args_is_help=True)
 broker_app = typer.Typer(help="The MQTT broker (Mosquitto) configuration.", no_args_is_help=True)
 user_app = typer.Typer(help="Console/API users and tokens.", no_args_is_help=True)
+keys_app = typer.Typer(help="TUF and director keys.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(server_app, name="server")
 app.add_typer(package_app, name="package")
@@ -35,6 +36,13 @@ app.add_typer(device_app, name="device")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(broker_app, name="broker")
 app.add_typer(user_app, name="user")
+app.add_typer(keys_app, name="keys")
+KeysDir = Annotated[
+    Path,
+    typer.Option(
+        "--keys-dir", envvar="JETFLEET_KEYS_DIR", help="Keys directory (TUF roles + director)."
+    ),
+]
 CaDir = Annotated[
     Path,
     typer.Option(
@@ -264,6 +272,7 @@ def device_enroll(
     broker_port: Annotated[int, typer.Option(min=1, max=65535)] = 8883,
     ca_dir: CaDir = Path("var/server/ca"),
     register: Annotated[bool, typer.Option(help="Create the device record on the server")] = True,
+    keys_dir: KeysDir = Path("var/server/keys"),
     server: ServerUrl = "http://127.0.0.1:8400",
     token: Token = None,
 ) -> None:
@@ -310,6 +319,49 @@ def device_revoke(name: str, ca_dir: CaDir = Path("var/server/ca")) -> None:
         f"revoked serials {serials}; send SIGHUP to mosquitto to reload the CRL "
         "(restart it to drop sessions already open)"
     )
+
+
+@keys_app.command("init")
+def keys_init(
+    keys_dir: KeysDir = Path("var/server/keys"),
+    root_keys: Annotated[int, typer.Option(min=1, max=9)] = 1,
+    root_threshold: Annotated[int, typer.Option(min=1, max=9)] = 1,
+) -> None:
+    """Create the TUF root (offline), online role keys, the director key, metadata v1."""
+    from fleet_server.errors import FleetServerError
+    from fleet_server.keys import init_keys
+
+    try:
+        metadata = init_keys(keys_dir, root_keys=root_keys, root_threshold=root_threshold)
+    except (FleetServerError, OSError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(
+        f"TUF metadata: {metadata}\n"
+        f"move {keys_dir / 'root'} offline now; devices trust "
+        f"{metadata / '1.root.json'} and {keys_dir / 'director.pub'}"
+    )
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    role: Annotated[str, typer.Option(help="root, targets, snapshot, timestamp or director")],
+    keys_dir: KeysDir = Path("var/server/keys"),
+    root_key_dir: Annotated[
+        Path | None, typer.Option(help="Where the offline root keys are")
+    ] = None,
+) -> None:
+    """Rotate a role's key; root rotations are signed by the old and new root keys."""
+    from fleet_server.errors import FleetServerError
+    from fleet_server.keys import rotate_director, rotate_key
+
+    try:
+        if role == "director":
+            typer.echo(f"new director key: {rotate_director(keys_dir)} (update every agent.yaml)")
+            return
+        version = rotate_key(keys_dir, role, root_key_dir=root_key_dir)
+    except (FleetServerError, OSError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"{role} rotated; root is now version {version}")
 
 
 @user_app.command("create")

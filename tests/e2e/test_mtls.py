@@ -3,6 +3,7 @@ service identity, and an agent started from an enrollment bundle, all real proce
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -16,19 +17,29 @@ from tests.support.tinymodel import make_package
 pytestmark = pytest.mark.slow
 
 
-def test_enrolled_agent_gets_a_release_over_mtls(tmp_path):
+@pytest.mark.parametrize("signed", [False, True], ids=["mtls", "mtls+tuf+director"])
+def test_enrolled_agent_gets_a_release_over_mtls(tmp_path, signed):
     fleet = make_fleet(tmp_path / "pki")
     fleet.broker.start()
     url = f"mqtts://127.0.0.1:{fleet.broker.port}"
-    server = ServerProc(
-        tmp_path / "srv",
-        url,
-        extra_env={
-            "JETFLEET_BROKER_CA_FILE": str(fleet.ca.cert_path),
-            "JETFLEET_BROKER_CERT_FILE": str(fleet.service.cert),
-            "JETFLEET_BROKER_KEY_FILE": str(fleet.service.key),
-        },
-    )
+    env = {
+        "JETFLEET_BROKER_CA_FILE": str(fleet.ca.cert_path),
+        "JETFLEET_BROKER_CERT_FILE": str(fleet.service.cert),
+        "JETFLEET_BROKER_KEY_FILE": str(fleet.service.key),
+    }
+    trust = {}
+    if signed:
+        keys = tmp_path / "keys"
+        out = subprocess.run(
+            [sys.executable, "-m", "jetfleet", "keys", "init", "--keys-dir", str(keys)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        env["JETFLEET_KEYS_DIR"] = str(keys)
+        trust = {"root": keys / "metadata" / "1.root.json", "director_key": keys / "director.pub"}
+    server = ServerProc(tmp_path / "srv", url, extra_env=env)
     bundle = enroll_device(
         tmp_path / "pki" / "ca",
         tmp_path / "bundle",
@@ -37,6 +48,7 @@ def test_enrolled_agent_gets_a_release_over_mtls(tmp_path):
         broker_port=fleet.broker.port,
         tags={"site": "lab"},
         state_dir=str(tmp_path / "cam-7-state"),
+        trust_files=trust,
     )
     agent = None
     try:
@@ -66,6 +78,48 @@ def test_enrolled_agent_gets_a_release_over_mtls(tmp_path):
 
         wait_for("cam-7 serving r1", serving, 60)
         assert server.api("GET", "/api/v1/devices/cam-7")["tags"]["site"] == "lab"
+        if signed:
+            assert "trust" in bundle.agent_yaml.read_text()
+            # A compromised broker identity: stop the server, then publish a forged
+            # (unsigned) assignment with the server's certificate. The device refuses it
+            # and keeps serving r1.
+            import time
+
+            from jetfleet import topics
+            from jetfleet.messages import DesiredAssignment
+            from jetfleet.mqtt import BrokerAddress, MqttClient
+
+            server.stop()
+            forger = MqttClient(
+                "forger",
+                BrokerAddress(
+                    "127.0.0.1",
+                    fleet.broker.port,
+                    ca_file=str(fleet.ca.cert_path),
+                    cert_file=str(fleet.service.cert),
+                    key_file=str(fleet.service.key),
+                ),
+            )
+            forger.start()
+            assert forger.wait_connected(10)
+            forged = DesiredAssignment(
+                device_id="cam-7",
+                release="evil",
+                target=f"packages/{'0' * 64}.jfpkg",
+                sha256="0" * 64,
+                length=1000,
+                sequence=99,
+                issued_at=time.time(),
+            )
+            forger.publish(topics.desired("cam-7"), forged.to_bytes(), retain=True)
+            wait_for(
+                "forged assignment refused",
+                lambda: "refused by trust checks" in agent_log.read_text(),
+                30,
+            )
+            forger.stop()
+            state = json.loads((tmp_path / "cam-7-state" / "state.json").read_text())
+            assert state["active_sha256"] == info.sha256
     finally:
         if agent is not None:
             agent.terminate()
