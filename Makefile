@@ -63,8 +63,16 @@ demo: install
 
 bench-compress: install
 	$(BIN)/python bench/compress.py
+	$(BIN)/python bench/report.py
 
-bench: install system-deps bench-compress
+# Benchmarks, not tests: each writes bench/results/*.json; BENCHMARKS.md is rendered from them.
+bench: install system-deps
+	$(BIN)/python bench/compress.py
+	$(BIN)/python bench/selfheal.py
+	$(BIN)/python bench/agent.py --seconds 5
+	$(BIN)/python bench/ota.py
+	$(BIN)/python bench/fleet.py --devices 1000,2000,5000 --duration 30
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) $(VENV310) .demo var .pytest_cache .mypy_cache .ruff_cache

@@ -63,12 +63,17 @@ def compress() -> list[str]:
                 _f(r["speedup_vs_fp32"]),
                 _f(r["size_ratio_vs_fp32"]),
                 _f(r["accuracy"] * 100 if r["accuracy"] is not None else None, ".2f"),
-                f"{_f(_pct(r.get('top1_agreement')))} / {_f(_pct(r.get('top1_agreement_confident')))}",
+                _agreement(r),
             ]
             for r in rows
         ],
     )
     return lines
+
+
+def _agreement(r: dict[str, Any]) -> str:
+    every = _f(_pct(r.get("top1_agreement")))
+    return f"{every} / {_f(_pct(r.get('top1_agreement_confident')))}"
 
 
 def _pct(v: Any) -> Any:
