@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_agent.engine import Engine, EngineSlot, check_engine, latency_budget_ms, load_engine
+from edge_agent.enginebuild import EngineCache
 from edge_agent.errors import ActivationError
 from edge_agent.runtime import BackendFactory
 from edge_agent.slots import SlotStore
@@ -45,6 +46,7 @@ class Activator:
         on_change: Callable[[], None],
         latency_budget: float | None = None,
         max_trial_boots: int = MAX_TRIAL_BOOTS,
+        engine_cache: EngineCache | None = None,
     ) -> None:
         self.state = state
         self.store = store
@@ -58,6 +60,8 @@ class Activator:
         self.on_change = on_change
         self.latency_budget = latency_budget
         self.max_trial_boots = max_trial_boots
+        # backend tensorrt: packages load through the on-device engine cache (DESIGN §4)
+        self.engine_cache = engine_cache
 
     # -- boot ----------------------------------------------------------------------
     def boot(self) -> None:
@@ -95,8 +99,12 @@ class Activator:
                                st.known_good_release, exc)
 
     # -- activation ------------------------------------------------------------------
-    def activate(self, sha256: str, release: str | None, sequence: int | None = None) -> bool:
-        """Test a complete slot beside the running engine, swap, and start its trial."""
+    def activate(self, sha256: str, release: str | None, sequence: int | None = None,
+                 *, engine_sha256: str | None = None) -> bool:
+        """Test a complete slot beside the running engine, swap, and start its trial.
+
+        ``engine_sha256``: a downloaded, server-assigned TensorRT plan (a complete slot)
+        offered to the engine cache; it is still golden-checked and may be refused."""
         st = self.state
         path = self.slots.package_path(sha256)
         ev: dict[str, Any] = {"sha256": sha256, "release": release, "sequence": sequence}
@@ -107,7 +115,7 @@ class Activator:
         self._set(sha256, SlotStatus.TESTING, release=release)
         self.emit(EventType.TESTING, **ev)
         try:
-            engine = self._load(sha256, release)
+            engine = self._load(sha256, release, engine_sha256)
         except ActivationError as exc:
             return self._fail(sha256, release, str(exc), ev)
         try:
@@ -155,6 +163,7 @@ class Activator:
         self._prune_records()
         self._save()
         self.engines.set_standby(None)  # the old known-good is not needed any more
+        self._prune_engines()
         self.emit(EventType.COMMITTED, sha256=trial.sha256, release=trial.release,
                   message=f"{trial.release} is known-good")
         self.on_change()
@@ -186,6 +195,7 @@ class Activator:
         st.trial = None
         self._save()
         self.engines.swap(engine)
+        self._prune_engines()
         self.emit(EventType.REVERTED, sha256=bad_sha, release=bad_release, message=reason,
                   data={"to_release": good_release, "to_sha256": good_sha})
         self.on_change()
@@ -205,11 +215,33 @@ class Activator:
         return True
 
     # -- helpers -----------------------------------------------------------------------
-    def _load(self, sha256: str, release: str | None) -> Engine:
+    def _load(self, sha256: str, release: str | None, engine_sha256: str | None = None) -> Engine:
         path = self.slots.package_path(sha256)
         if path is None:
             raise ActivationError(f"no complete package for {sha256[:12]} on disk")
-        return load_engine(path, sha256, release, self.factory, self.threads)
+        if self.engine_cache is None:
+            return load_engine(path, sha256, release, self.factory, self.threads)
+        assigned = None
+        plan_path = self.slots.package_path(engine_sha256) if engine_sha256 else None
+        if plan_path is not None:
+            try:
+                assigned = plan_path.read_bytes()
+            except OSError as exc:
+                logger.warning("assigned engine %s unreadable: %s", engine_sha256, exc)
+        return self.engine_cache.load_package_engine(path, sha256, release, assigned=assigned)
+
+    def _prune_engines(self) -> None:
+        """Drop cached engines of packages that are neither active nor known-good."""
+        cache, st = self.engine_cache, self.state
+        if cache is None:
+            return
+        wanted = [s for s in (st.active_sha256, st.known_good_sha256) if s is not None]
+        keep = {cache.onnx_of[s] for s in wanted if s in cache.onnx_of}
+        if len(keep) < len({cache.onnx_of.get(s, s) for s in wanted}):
+            return  # an engine this process has not loaded: keep everything
+        removed = cache.prune(keep)
+        if removed:
+            logger.info("pruned %d cached engine(s)", len(removed))
 
     def _set(self, sha256: str, status: SlotStatus, **kw: Any) -> None:
         self.state.set_slot(sha256, status, now=self.clock(), **kw)

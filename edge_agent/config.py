@@ -20,7 +20,7 @@ from jetfleet.errors import MqttError, TopicError
 from jetfleet.mqtt import BrokerAddress
 from jetfleet.topics import validate_device_id
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "onnxruntime-gpu", "tensorrt")
 
 
 class TlsConfig(BaseModel):
@@ -54,6 +54,9 @@ class AgentConfig(BaseModel):
     api_port: int = Field(default=8470, ge=0, le=65535)
     backend: str = "onnxruntime"
     intra_op_threads: int = Field(default=1, ge=0, le=256)
+    # backend tensorrt: on-device engine builds (edge_agent.enginebuild)
+    engine_workspace_mb: int = Field(default=1024, ge=16, le=65536)
+    engine_max_batch: int = Field(default=8, ge=1, le=4096)
     bake_s: float = Field(default=30.0, ge=0)
     fetch_window_blocks: int = Field(default=32, ge=1, le=256)
     fetch_timeout_s: float = Field(default=5.0, gt=0, le=600)

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,10 +27,11 @@ from edge_agent.batching import Batcher
 from edge_agent.buffer import Buffer, Forwarder, PublishInfo
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.engine import EngineSlot, InferenceService
+from edge_agent.enginebuild import EngineCache, EngineLoaded
 from edge_agent.errors import AgentError, ConfigError
 from edge_agent.inbound import BadBlock, InboundValidator, Rejected, TufPayload
 from edge_agent.replay import Replay, load_samples
-from edge_agent.runtime import backend_factory
+from edge_agent.runtime import BackendFactory, backend_factory
 from edge_agent.slots import SlotStore
 from edge_agent.state import StateStore, write_atomic
 from edge_agent.telemetry import (
@@ -39,8 +41,10 @@ from edge_agent.telemetry import (
     default_gpu_provider,
     detect_device_profile,
 )
+from edge_agent.tensorrt import OnnxRuntimeGpuBackend
 from edge_agent.trust import DeviceTrust
 from edge_agent.updater import Updater
+from edge_agent.upload import EngineUploader
 from edge_agent.watchdog import RequestLog, Watchdog
 from jetfleet import __version__, topics
 from jetfleet.errors import MqttError
@@ -80,7 +84,12 @@ class Agent:
         clock: Callable[[], float] = time.time,
         gpu_provider: GpuProvider | None = None,
         mqtt_factory: MqttFactory | None = None,
+        profile_detector: Callable[[], Any] | None = None,
+        trt_module: Any = None,
+        cuda_module: Any = None,
     ) -> None:
+        """``profile_detector`` (default ``jetson.profile.detect_profile``) and the
+        ``tensorrt`` / ``pycuda.driver`` modules are injectable (default: the real ones)."""
         self.config = config
         self.clock = clock
         self.device_id = config.device_id
@@ -98,11 +107,15 @@ class Agent:
         self.validator = InboundValidator(self.device_id)
         self.gpu = gpu_provider if gpu_provider is not None else default_gpu_provider()
         self.collector = TelemetryCollector(self.stats, self.gpu)
-        self.profile, self.profile_details = detect_device_profile()
+        self.profile, self.profile_details = detect_device_profile(profile_detector)
+        self.engine_cache = self._engine_cache(trt_module, cuda_module)
+        self.uploader = EngineUploader(device_id=self.device_id, publish=self._publish,
+                                       is_connected=lambda: self._connected, emit=self.emit)
         self.activator = Activator(
             state=self.state, store=self.store, slots=self.slots, engines=self.engines,
-            factory=backend_factory(config.backend), threads=config.intra_op_threads,
+            factory=self._backend_factory(), threads=config.intra_op_threads,
             bake_s=config.bake_s, clock=clock, emit=self.emit, on_change=self._changed,
+            engine_cache=self.engine_cache,
         )
         self.batcher = Batcher(self.service, config.serving)
         self.request_log = RequestLog()
@@ -129,6 +142,7 @@ class Agent:
             window=config.fetch_window_blocks, timeout_s=config.fetch_timeout_s,
             trust=(DeviceTrust(config.trust, self.state_dir / "tuf")
                    if config.trust is not None else None),
+            engine_key=self.engine_cache.engine_key if self.engine_cache is not None else None,
         )
         self._forwarders = [
             Forwarder(self.buffer, "telemetry", self._build_telemetry,
@@ -137,6 +151,37 @@ class Agent:
                       lambda p: self._publish(topics.events(self.device_id), p), batch=1,
                       max_inflight=32),
         ]
+
+    # -- backends and engines (DESIGN §4) -----------------------------------------------
+    def _engine_cache(self, trt_module: Any, cuda_module: Any) -> EngineCache | None:
+        if self.config.backend != "tensorrt":
+            return None
+        key = self.profile_details.get("engine_key")
+        if not key:
+            raise ConfigError(f"backend tensorrt needs TensorRT and a known GPU (profile "
+                              f"{self.profile or 'unknown'}: {self.profile_details or 'none'})")
+        return EngineCache(self.state_dir / "engines", key, trt_module=trt_module,
+                           cuda_module=cuda_module, workspace_mb=self.config.engine_workspace_mb,
+                           max_batch=self.config.engine_max_batch, on_loaded=self._engine_loaded)
+
+    def _backend_factory(self) -> BackendFactory:
+        if self.config.backend == "onnxruntime-gpu":
+            return partial(OnnxRuntimeGpuBackend,
+                           engine_cache_dir=self.state_dir / "engines" / "ort")
+        return backend_factory(self.config.backend)
+
+    def _engine_loaded(self, loaded: EngineLoaded) -> None:
+        ev: dict[str, Any] = {"sha256": loaded.package_sha256, "release": loaded.release}
+        if loaded.assigned_refused:
+            self.emit(EventType.ENGINE_REFUSED, **ev, message="the assigned engine failed to "
+                      "deserialize or its golden vectors; using a cached or built one",
+                      data={"engine_key": loaded.engine_key})
+        if loaded.source == "built":
+            self.emit(EventType.ENGINE_BUILT, **ev, message=f"engine built for "
+                      f"{loaded.engine_key} in {loaded.seconds:.1f}s", data={
+                          "source": loaded.source, "seconds": round(loaded.seconds, 3),
+                          "plan_sha256": loaded.plan_sha256, "engine_key": loaded.engine_key})
+            self.uploader.offer(loaded)
 
     # -- lifecycle -------------------------------------------------------------------
     @property
@@ -275,6 +320,7 @@ class Agent:
         for fwd in self._forwarders:
             fwd.step(self._connected, now)
         self.updater.tick()
+        self.uploader.tick()
         self.watchdog.tick()
         if self.activator.tick():
             self.updater.cleanup_slots()
@@ -322,6 +368,7 @@ class Agent:
         else:
             logger.info("disconnected from broker (%s)", conn.reason)
         self.updater.on_connected(conn.connected)
+        self.uploader.on_connected(conn.connected)
 
     def _publish_state(self) -> None:
         if not self._connected or self.mqtt is None:

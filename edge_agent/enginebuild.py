@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,8 +114,27 @@ class CachedEngine:
     golden_max_error: float
 
 
+@dataclass(frozen=True)
+class EngineLoaded:
+    """What :meth:`EngineCache.load_package_engine` did, for events and uploads."""
+
+    package_sha256: str
+    release: str | None
+    onnx_sha256: str
+    engine_key: str
+    source: str  # "assigned" | "cache" | "built"
+    path: Path
+    plan_sha256: str
+    seconds: float
+    assigned_refused: bool  # an assigned plan was given but failed (deserialize/golden)
+
+
 class EngineCache:
-    """Engines by (ONNX sha256, engine key) under ``root`` (``{state_dir}/engines``)."""
+    """Engines by (ONNX sha256, engine key) under ``root`` (``{state_dir}/engines``).
+
+    ``on_loaded`` (optional) is called after every successful
+    :meth:`load_package_engine`, on the caller's thread.
+    """
 
     def __init__(
         self,
@@ -127,6 +147,7 @@ class EngineCache:
         workspace_mb: int = DEFAULT_WORKSPACE_MB,
         max_batch: int = DEFAULT_MAX_BATCH,
         builder: Builder = build_engine,
+        on_loaded: Callable[[EngineLoaded], None] | None = None,
     ) -> None:
         if not _ENGINE_KEY.match(engine_key):
             raise EngineError(f"invalid engine key {engine_key!r} (expected e.g. sm87-trt10.3)")
@@ -139,6 +160,8 @@ class EngineCache:
         self._cuda = cuda_module
         self._builder = builder
         self._lock = threading.Lock()
+        self.on_loaded = on_loaded
+        self.onnx_of: dict[str, str] = {}  # package sha256 → its tensorrt ONNX's sha256
 
     # -- the files -------------------------------------------------------------------------
     def path(self, onnx_sha256: str) -> Path:
@@ -237,10 +260,19 @@ class EngineCache:
             golden = package.golden()
         except PackageError as exc:
             raise ActivationError(f"package {sha256[:12]} is unusable: {exc}") from exc
+        started = time.monotonic()
         try:
             cached = self.build_or_load(onnx, golden, assigned=assigned)
         except BackendError as exc:
             raise ActivationError(str(exc)) from exc
+        onnx_sha = hashlib.sha256(onnx).hexdigest()
+        self.onnx_of[sha256] = onnx_sha
+        if self.on_loaded is not None:
+            self.on_loaded(EngineLoaded(
+                package_sha256=sha256, release=release, onnx_sha256=onnx_sha,
+                engine_key=self.engine_key, source=cached.source, path=cached.path,
+                plan_sha256=_file_sha256(cached.path), seconds=time.monotonic() - started,
+                assigned_refused=assigned is not None and cached.source != "assigned"))
         return Engine(cached.backend, sha256=sha256, release=release, golden=golden,
                       card=package.card)
 
@@ -271,6 +303,14 @@ class EngineCache:
             backend.close()
             raise EngineError("engine fails its golden vectors: " + "; ".join(result.failures))
         return backend, result.max_abs_error
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _batch(golden: Golden) -> int:

@@ -15,8 +15,9 @@ import os
 import random
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from jetfleet.messages import GpuMetrics, InferenceMetrics, SystemMetrics, TelemetrySample
 
@@ -118,18 +119,27 @@ class NoGpu:
         return None
 
 
-def detect_device_profile() -> tuple[str | None, dict[str, str]]:
-    """The hardware profile key (e.g. ``orin-nano-sm87-jp6.1-trt10.3``) and its details."""
+def detect_device_profile(
+    detect: Callable[[], Any] | None = None,
+) -> tuple[str | None, dict[str, str]]:
+    """The hardware profile key (e.g. ``orin-nano-sm87-jp6.1-trt10.3``) and its details,
+    with ``engine_key`` (``sm87-trt10.3``) when the GPU and TensorRT are known.
+    ``detect`` (default :func:`jetson.profile.detect_profile`) returns a ``DeviceProfile``."""
+    if detect is None:
+        try:
+            from jetson.profile import detect_profile
+        except ImportError:
+            return None, {}
+        detect = detect_profile
     try:
-        from jetson.profile import detect_profile
-    except ImportError:
-        return None, {}
-    try:
-        profile = detect_profile()
+        profile = detect()
     except Exception as exc:  # a hardware probe must never stop the agent
         logger.warning("device profile detection failed (%s); profile unknown", exc)
         return None, {}
-    return profile.key, {k: str(v) for k, v in profile.details().items()}
+    details = {k: str(v) for k, v in profile.details().items()}
+    if profile.engine_key:
+        details["engine_key"] = profile.engine_key
+    return profile.key, details
 
 
 def default_gpu_provider() -> GpuProvider:

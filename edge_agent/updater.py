@@ -25,7 +25,14 @@ from edge_agent.trust import DeviceTrust
 from jetfleet import topics
 from jetfleet.errors import MqttError
 from jetfleet.frames import BlockFrame
-from jetfleet.messages import Command, DesiredAssignment, EventType, FetchRequest, SlotStatus
+from jetfleet.messages import (
+    Command,
+    DesiredAssignment,
+    EngineRef,
+    EventType,
+    FetchRequest,
+    SlotStatus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +59,7 @@ class Updater:
         window: int,
         timeout_s: float,
         trust: DeviceTrust | None = None,
+        engine_key: str | None = None,
     ) -> None:
         self.device_id = device_id
         self.state = state
@@ -73,6 +81,9 @@ class Updater:
         self.frames_ignored = 0
         self._progress_mark = 0.0
         self.trust = trust
+        # backend tensorrt: this device's profile; an assignment's engine for it is fetched
+        self.engine_key = engine_key
+        self._engine_for: DesiredAssignment | None = None  # while its engine downloads
         self._deferred: tuple[DesiredAssignment, bytes] | None = None  # waits for TUF
         if trust is None:
             logger.warning("trust is not configured: unsigned assignments, commands and "
@@ -197,7 +208,8 @@ class Updater:
 
     def _pursue(self, a: DesiredAssignment, *, new: bool, retry_failed: bool = False) -> None:
         st = self.state
-        if self.download is not None and self.download.sha256 != a.sha256:
+        mine = {a.sha256, a.engine.sha256 if a.engine is not None else None}
+        if self.download is not None and self.download.sha256 not in mine:
             self.end_download()
         if a.sha256 == st.active_sha256:
             self.changed()
@@ -239,15 +251,21 @@ class Updater:
             self.resume_assignment(retry_failed=True)
 
     # -- OTA -------------------------------------------------------------------------------
-    def _start_download(self, a: DesiredAssignment) -> None:
+    def _start_download(self, a: DesiredAssignment, *, engine: EngineRef | None = None) -> None:
+        """Fetch the package, or (``engine``) the assignment's TensorRT plan beside it."""
+        if engine is not None:
+            self._engine_for = a
+            a = a.model_copy(update={"sha256": engine.sha256, "length": engine.length,
+                                     "target": engine.target})
         slot = self.slots.slot(a.sha256, a.length, a.block_size)
         dl = Download(a, slot, self._send_fetch, window=self.window,
                       timeout_s=self.timeout_s)
         self.download = dl
         self._progress_mark = 0.0
-        self.state.set_slot(a.sha256, SlotStatus.DOWNLOADING, now=self.clock(), release=a.release,
-                            sequence=a.sequence)
-        self.store.save(self.state)
+        if engine is None:
+            self.state.set_slot(a.sha256, SlotStatus.DOWNLOADING, now=self.clock(),
+                                release=a.release, sequence=a.sequence)
+            self.store.save(self.state)
         self.subscribe(topics.artifact_blocks(a.sha256))
         try:
             dl.start(time.monotonic())
@@ -297,6 +315,14 @@ class Updater:
         ev: dict[str, Any] = {"sha256": a.sha256, "release": a.release, "sequence": a.sequence}
         counters = dict(vars(dl.counters))
         self.end_download()
+        owner, self._engine_for = self._engine_for, None
+        if owner is not None:  # the engine beside a package: without it, build here
+            ev = {"sha256": owner.sha256, "release": owner.release, "sequence": owner.sequence}
+            if outcome is Outcome.FAILED:
+                self.emit(EventType.ENGINE_REFUSED, **ev, message=f"engine download failed: "
+                          f"{dl.error}; building on the device", data={"plan_sha256": a.sha256})
+            self._activate(owner, engine_tried=True)
+            return
         if outcome is Outcome.FAILED:
             self.state.set_slot(a.sha256, SlotStatus.FAILED, now=self.clock(),
                                 reason=(dl.error or "download failed")[:500])
@@ -318,7 +344,39 @@ class Updater:
         self.download = None
         self.changed()
 
-    def _activate(self, a: DesiredAssignment) -> None:
+    def _wanted_engine(self, a: DesiredAssignment) -> EngineRef | None:
+        """The assignment's engine if it is for this device's profile (else refused)."""
+        e = a.engine
+        if e is None or self.engine_key is None:
+            return None
+        if e.engine_key != self.engine_key:
+            self.emit(EventType.ENGINE_REFUSED, sha256=a.sha256, release=a.release,
+                      sequence=a.sequence, message=f"assigned engine is for {e.engine_key}, "
+                      f"this device is {self.engine_key}; building on the device",
+                      data={"plan_sha256": e.sha256, "engine_key": e.engine_key})
+            return None
+        if self.trust is not None:
+            path = self.slots.package_path(e.sha256)
+            try:
+                if path is not None:  # the director signature binds sha256/length too
+                    self.trust.verify_file(a.model_copy(update={"target": e.target}), path)
+                else:
+                    self.trust.target(e.target)
+            except TrustRefused as exc:
+                self._refuse(exc, a, plan_sha256=e.sha256)
+                return None
+        return e
+
+    def _activate(self, a: DesiredAssignment, *, engine_tried: bool = False) -> None:
+        engine = self._wanted_engine(a)
+        if engine is not None and self.slots.package_path(engine.sha256) is None:
+            if engine_tried:
+                engine = None
+            elif self.download is None:
+                self._start_download(a, engine=engine)
+                return
+            else:
+                return  # its download is running
         path = self.slots.package_path(a.sha256)
         if self.trust is not None and path is not None:
             try:
@@ -330,7 +388,8 @@ class Updater:
                 self._refuse(exc, a)
                 self.cleanup_slots()
                 return
-        self.activator.activate(a.sha256, a.release, a.sequence)
+        self.activator.activate(a.sha256, a.release, a.sequence,
+                                engine_sha256=engine.sha256 if engine is not None else None)
         self.cleanup_slots()
 
     def cleanup_slots(self) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import queue
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
 
 from fastapi import FastAPI, Request
@@ -15,11 +16,13 @@ from fastapi.responses import JSONResponse
 from fleet_server.api import api_router, health, tuf
 from fleet_server.artifacts import ArtifactStore
 from fleet_server.audit import AuditMiddleware
+from fleet_server.broadcast import Broadcaster
 from fleet_server.broker import EmbeddedBroker
 from fleet_server.console import mount_console
 from fleet_server.context import ServerContext
 from fleet_server.db import create_tables, make_engine
 from fleet_server.director import Director
+from fleet_server.engines import EngineUploads
 from fleet_server.errors import (
     ConflictError,
     FleetServerError,
@@ -28,10 +31,12 @@ from fleet_server.errors import (
     TooLargeError,
 )
 from fleet_server.gateway import ClientFactory, Gateway
+from fleet_server.lease import ROLLOUT_LEASE, LeaseKeeper
 from fleet_server.metrics import ServerMetrics
 from fleet_server.rollouts import RolloutController
 from fleet_server.settings import Settings
 from fleet_server.tufrepo import TufRepository, TufService, package_targets
+from jetfleet.messages import FetchRequest
 from jetfleet.mqtt import BrokerAddress, MqttClient
 
 logger = logging.getLogger(__name__)
@@ -73,13 +78,14 @@ def build_context(settings: Settings) -> ServerContext:
         store=store,
         metrics=metrics,
         client_factory=factory,
-        client_id=settings.client_id,
+        client_id=settings.mqtt_client_id,
         batch_size=settings.ingest_batch_size,
         batch_interval=settings.ingest_batch_interval,
         inbox_limit=settings.inbox_limit,
         inbox_put_timeout=settings.inbox_put_timeout,
         fetch_queue_limit=settings.fetch_queue_limit,
         reconcile_delay=settings.desired_reconcile_delay,
+        shared_group=settings.shared_group if settings.shared_subscriptions else None,
     )
     broker = (
         EmbeddedBroker(settings.embedded_broker_host, settings.embedded_broker_port)
@@ -96,6 +102,9 @@ def build_context(settings: Settings) -> ServerContext:
             lambda topic, payload: gateway.client.publish(topic, payload, qos=1, retain=True),
             interval=settings.tuf_refresh_interval,
         )
+    uploads = EngineUploads(engine, store, add_targets=(
+        tuf_service.add_targets if tuf_service is not None else None))
+    gateway.on_upload = uploads.handle
     return ServerContext(settings, engine, store, metrics, gateway, broker, tuf_service)
 
 
@@ -150,26 +159,57 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal server error"}, status_code=500)
 
 
+def make_broadcaster(settings: Settings, context: ServerContext) -> Broadcaster | None:
+    """With ``JETFLEET_OTA_BROADCAST``: the gateway's OTA fan-out (fleet_server/broadcast.py)."""
+    if not settings.ota_broadcast:
+        return None
+    gateway = context.gateway
+
+    def requeue(device_id: str, request: FetchRequest) -> None:
+        with suppress(queue.Full):  # dropped: the agent asks again after its timeout
+            gateway.fetches.put_nowait((device_id, request))
+
+    broadcaster = Broadcaster(
+        context.store,
+        context.metrics,
+        lambda topic, payload: gateway.client.publish(topic, payload, qos=1),
+        requeue,
+        window=settings.ota_broadcast_window,
+        min_devices=settings.ota_broadcast_min_devices,
+        cooldown=settings.ota_broadcast_cooldown,
+    )
+    gateway.broadcaster = broadcaster
+    return broadcaster
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The server application; its lifespan starts the broker (embedded) and the gateway."""
     context = build_context(settings)
+    lease = LeaseKeeper(context.engine, ROLLOUT_LEASE, settings.mqtt_client_id, settings.lease_ttl)
     rollouts = RolloutController(
         context.engine,
         context.gateway,
         context.assign_lock,
         settings.block_size,
         interval=settings.rollout_tick_interval,
+        leader=lease.held,
     )
+    broadcaster = make_broadcaster(settings, context)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(_start, context)
         rollouts.start()  # after _start: the tables exist
+        if broadcaster is not None:
+            broadcaster.start()
         logger.info("fleet server ready (data in %s)", settings.data_dir)
         try:
             yield
         finally:
             await run_in_threadpool(rollouts.stop)
+            await run_in_threadpool(lease.release)
+            if broadcaster is not None:
+                await run_in_threadpool(broadcaster.stop)
             await run_in_threadpool(_stop, context)
             logger.info("fleet server stopped")
 
@@ -181,6 +221,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.context = context
     app.state.rollouts = rollouts
+    app.state.broadcaster = broadcaster
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(FleetServerError, _server_error)
     app.include_router(api_router())

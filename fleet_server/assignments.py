@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from sqlmodel import Session, col, select
 
+from fleet_server.engines import engine_ref
 from fleet_server.errors import NotFoundError
 from fleet_server.models import Assignment, Device, Package, Release
 from jetfleet.messages import DesiredAssignment
@@ -53,6 +54,7 @@ def issue_assignments(
             block_size=block_size,
             sequence=sequence,
             issued_at=now,
+            engine=engine_ref(session, device, package.sha256),  # for its reported profile
         )
         for old in session.exec(
             select(Assignment).where(

@@ -8,7 +8,8 @@ device's client id to kick it off or take over its session.
 The ACL (docs/trust.md has the table):
 
 * the service identity (``jetfleet-server``) reads and writes ``jetfleet/v1/#``;
-* a device ``%u`` writes only its own ``state``, ``telemetry``, ``events``, ``fetch``
+* a device ``%u`` writes only its own ``state``, ``telemetry``, ``events``, ``fetch``,
+  ``upload`` (built TensorRT engines)
   and reads only its own ``desired``, ``cmd``, ``blocks``;
 * every client reads ``a/+/blocks`` (broadcast blocks) and ``tuf/+`` (TUF metadata).
 
@@ -34,7 +35,8 @@ ACL_FILE = "acl"
 MiB = 1024 * 1024
 PACKET_OVERHEAD = 64 * 1024
 
-DEVICE_WRITES = (DeviceTopic.STATE, DeviceTopic.TELEMETRY, DeviceTopic.EVENTS, DeviceTopic.FETCH)
+DEVICE_WRITES = (DeviceTopic.STATE, DeviceTopic.TELEMETRY, DeviceTopic.EVENTS, DeviceTopic.FETCH,
+                 DeviceTopic.UPLOAD)
 DEVICE_READS = (DeviceTopic.DESIRED, DeviceTopic.CMD, DeviceTopic.BLOCKS)
 
 

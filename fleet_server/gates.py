@@ -154,7 +154,7 @@ def evaluate_gate(
         for r in rows
         if r.status in FAILED_STATUSES or any(e.type in FAILURE_EVENTS for e in events[r.device_id])
     )
-    reverts = sum(1 for evs in events.values() for e in evs if _is_revert(e))
+    reverts = sum(1 for evs in events.values() if any(_is_revert(e) for e in evs))
     finished = [r for r in rows if r.status in REACHED_STATUSES or r.device_id in failed]
     pending = sorted(
         r.device_id

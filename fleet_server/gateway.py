@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -34,6 +34,7 @@ from sqlmodel import Session
 
 from fleet_server.artifacts import ArtifactStore
 from fleet_server.assignments import current_payloads, latest_assignment
+from fleet_server.engines import UploadRefused, assigned_length
 from fleet_server.errors import ArtifactError
 from fleet_server.ingest import Ingested, write_batch
 from fleet_server.metrics import ServerMetrics
@@ -60,6 +61,12 @@ SUBSCRIBED_KINDS = (*INGEST_KINDS, "fetch")
 DB_RETRY_MAX = 5.0
 PUBLISH_WAIT = 30.0
 DESIRED_ACK_WAIT = 2.0
+
+class FetchAdmission(Protocol):
+    def admit(
+        self, device_id: str, request: FetchRequest, block_count: int, block_size: int
+    ) -> bool: ...
+
 
 ClientFactory = Callable[[str, BrokerAddress, "queue.Queue[Inbound | Connection]"], MqttClient]
 
@@ -166,6 +173,7 @@ class Gateway:
         fetch_queue_limit: int = 1_000,
         reconcile_delay: float = 1.0,
         clock: Callable[[], float] = time.time,
+        shared_group: str | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -174,6 +182,11 @@ class Gateway:
         self.batch_interval = batch_interval
         self.reconcile_delay = reconcile_delay
         self.clock = clock
+        # Replicas: device→server kinds on ``$share/{group}/...`` (each message to one
+        # replica). ``desired`` stays a plain subscription: it reads the retained messages.
+        self.shared_group = shared_group
+        # Set by build_context with JETFLEET_OTA_BROADCAST: decides which fetches go unicast.
+        self.broadcaster: FetchAdmission | None = None
         self.inbox = BoundedInbox(inbox_limit, inbox_put_timeout, self._dropped)
         self.fetches: queue.Queue[tuple[str, FetchRequest]] = queue.Queue(fetch_queue_limit)
         self.client = client_factory(client_id, broker, self.inbox)
@@ -188,6 +201,8 @@ class Gateway:
         self._db_down = False
         # Set by build_context when trust is configured: stored payload → signed bytes.
         self.sign_desired: Callable[[bytes], bytes] = lambda payload: payload
+        # Set by build_context: device engine uploads (fleet_server.engines.EngineUploads).
+        self.on_upload: Callable[[str, bytes], object] | None = None
 
     # -- lifecycle ----------------------------------------------------------------
     @property
@@ -196,8 +211,10 @@ class Gateway:
 
     def start(self) -> None:
         for kind in SUBSCRIBED_KINDS:
-            self.client.subscribe(topics.subscription(kind), qos=1)
+            self.client.subscribe(topics.subscription(kind, shared_group=self.shared_group), qos=1)
         self.client.subscribe(topics.subscription("desired"), qos=1)
+        # Not shared: all frames of one engine upload must reach the same reassembler.
+        self.client.subscribe(topics.subscription("upload"), qos=1)
         self._stop.clear()
         self._threads = [
             threading.Thread(target=self._ingest_loop, name="jetfleet-ingest", daemon=True),
@@ -319,6 +336,9 @@ class Gateway:
                 if entry.retain:  # what the broker holds for this device right now
                     self._retained_desired[entry.topic.split("/")[-2]] = entry.payload
                 continue
+            if kind == "upload":
+                self._upload(entry)
+                continue
             try:
                 kind, device_id, message = validate(entry)
             except Refused as exc:
@@ -334,6 +354,22 @@ class Gateway:
             items.append(Ingested(kind, device_id, message, entry.retain, entry.received_at))
         if items:
             self._write(items)
+
+    def _upload(self, entry: Inbound) -> None:
+        try:
+            device_id = topics.parse(entry.topic).device_id
+        except TopicError as exc:
+            self._refuse("upload", "bad_topic", str(exc))
+            return
+        if self.on_upload is None or device_id is None:
+            self._refuse("upload", "unexpected_topic", "engine uploads are not enabled")
+            return
+        try:
+            self.on_upload(device_id, entry.payload)
+        except UploadRefused as exc:
+            self._refuse("upload", exc.reason, f"{device_id}: {exc}")
+        except (SQLAlchemyError, OSError) as exc:
+            logger.error("engine upload from %s failed: %s", device_id, exc)
 
     def _on_connection(self, change: Connection) -> None:
         if change.connected:
@@ -401,15 +437,20 @@ class Gateway:
         with Session(self.engine) as session:
             assignment = latest_assignment(session, device_id)
         sha = request.sha256
-        if assignment is None or assignment.sha256 != sha:
+        length = assigned_length(assignment, sha) if assignment is not None else None
+        if assignment is None or length is None:  # its package, or its engine (engines.py)
             raise Refused("unassigned_artifact", f"{sha[:12]} is not assigned to this device")
-        count = -(-assignment.length // assignment.block_size)
+        count = -(-length // assignment.block_size)
         for start, end in request.ranges:
             if end > count:
                 detail = f"range [{start}, {end}) beyond {count} blocks of {sha[:12]}"
                 raise Refused("block_out_of_range", detail)
         if not self.store.exists(sha):
             raise Refused("unknown_artifact", f"{sha[:12]} is assigned but not in the store")
+        if self.broadcaster is not None and not self.broadcaster.admit(
+            device_id, request, count, assignment.block_size
+        ):
+            return  # covered by a broadcast of this artifact (fleet_server/broadcast.py)
         wanted = list(itertools.islice(_blocks_wanted(request.ranges), MAX_BLOCKS_PER_FETCH + 1))
         if len(wanted) > MAX_BLOCKS_PER_FETCH:
             wanted = wanted[:MAX_BLOCKS_PER_FETCH]
@@ -421,6 +462,7 @@ class Gateway:
             frame = encode_frame(sha, index, count, index * size, payload)
             info = self.client.publish(topic, frame, qos=1)
             self.metrics.blocks_served.inc()
+            self.metrics.egress_bytes.labels(mode="unicast").inc(len(frame))
         if info is not None:
             self._await_published(info)
 

@@ -31,6 +31,12 @@ class ServerMetrics:
         self.blocks_served = Counter(
             f"{PREFIX}_blocks_served", "Block frames published to devices", registry=r
         )
+        self.egress_bytes = Counter(
+            f"{PREFIX}_block_egress_bytes",
+            "Block frame bytes published: unicast (d/{id}/blocks) or broadcast (a/{sha}/blocks)",
+            ["mode"],
+            registry=r,
+        )
         self.fetch_truncated = Counter(
             f"{PREFIX}_fetch_truncated",
             "Fetch requests asking for more blocks than served per request",

@@ -15,7 +15,9 @@ finished waves. Per tick, for each running (or paused) rollout:
    ``auto_rollback``, every device that got the release is sent back to its previous one.
 
 Operator actions (pause, resume, abort, rollback) take the controller's lock, so they
-never interleave with a tick. One controller per database: replicas would need a lease.
+never interleave with a tick. Replicas: each runs a controller, but only the one holding
+the ``rollout-controller`` lease (``fleet_server/lease.py``, passed in as ``leader``)
+ticks; another takes over from the stored state once the holder's lease expires.
 """
 
 from __future__ import annotations
@@ -125,8 +127,10 @@ class RolloutController:
         block_size: int,
         clock: Clock = time.time,
         interval: float = 2.0,
+        leader: Callable[[], bool] | None = None,
     ) -> None:
         self.engine = engine
+        self.leader = leader  # None: the only controller (one server)
         self.publisher = publisher
         self.assign_lock = assign_lock
         self.block_size = block_size
@@ -166,11 +170,15 @@ class RolloutController:
     # -- one tick ---------------------------------------------------------------------
     def tick(self) -> None:
         """Advance every running or paused rollout by at most one step."""
+        if not self._leading():
+            return
         with self._lock, Session(self.engine) as session:
             ids = session.exec(
                 select(Rollout.id).where(col(Rollout.status).in_(("running", "paused")))
             ).all()
             for rollout_id in ids:
+                if not self._leading():
+                    return
                 rollout = session.get(Rollout, rollout_id)
                 if rollout is None:
                     continue
@@ -179,6 +187,10 @@ class RolloutController:
                 except (SQLAlchemyError, FleetServerError) as exc:
                     session.rollback()
                     logger.warning("rollout %s: step failed: %s", rollout_id, exc)
+
+    def _leading(self) -> bool:
+        """False while another replica holds the rollout lease (checked before each step)."""
+        return self.leader is None or self.leader()
 
     def _step(self, session: Session, rollout: Rollout) -> None:
         assert rollout.id is not None

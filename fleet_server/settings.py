@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,7 +32,8 @@ class Settings(BaseSettings):
     broker_password: str | None = None
     embedded_broker_host: str = "127.0.0.1"
     embedded_broker_port: int = Field(default=1883, ge=1, le=65535)
-    client_id: str = Field(default="jetfleet-server", min_length=1, max_length=64)
+    # None → ``jetfleet-server-{hostname}-{pid}``: every replica needs its own client id.
+    client_id: str | None = Field(default=None, min_length=1, max_length=64)
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8400, ge=0, le=65535)
@@ -53,10 +56,30 @@ class Settings(BaseSettings):
     desired_reconcile_delay: float = Field(default=1.0, ge=0)
     rollout_tick_interval: float = Field(default=2.0, gt=0, le=600)
 
+    # Scale-out (docs/ARCHITECTURE.md "Replicas"). Shared subscriptions need a broker that
+    # has them (Mosquitto 2, EMQX, HiveMQ); amqtt, the embedded demo broker, does not.
+    shared_subscriptions: bool = False
+    shared_group: str = Field(default="jetfleet", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    lease_ttl: float = Field(default=15.0, gt=0, le=3600)
+    # OTA fan-out (fleet_server/broadcast.py): one broadcast per artifact per wave.
+    ota_broadcast: bool = False
+    ota_broadcast_window: float = Field(default=1.0, ge=0, le=60)
+    ota_broadcast_min_devices: int = Field(default=2, ge=1)
+    ota_broadcast_cooldown: float = Field(default=30.0, ge=0, le=86_400)
+
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
         if self.database_url is None:
             self.database_url = f"sqlite:///{self.data_dir / 'fleet.db'}"
+        return self
+
+    @model_validator(mode="after")
+    def _shared_needs_external_broker(self) -> Settings:
+        if self.shared_subscriptions and self.broker_url is None:
+            raise ValueError(
+                "JETFLEET_SHARED_SUBSCRIPTIONS needs JETFLEET_BROKER_URL: the embedded amqtt "
+                "broker has no shared subscriptions ($share/...)"
+            )
         return self
 
     @property
@@ -64,6 +87,13 @@ class Settings(BaseSettings):
         """The SQLAlchemy URL (the SQLite default already filled in)."""
         assert self.database_url is not None  # set by the validator
         return self.database_url
+
+    @property
+    def mqtt_client_id(self) -> str:
+        """The configured client id, or one unique to this host and process."""
+        if self.client_id is not None:
+            return self.client_id
+        return f"jetfleet-server-{socket.gethostname()[:30]}-{os.getpid()}"
 
     @property
     def artifacts_dir(self) -> Path:

@@ -27,6 +27,7 @@ from jetfleet.topics import validate_device_id
 
 PROTOCOL_VERSION = 1
 MAX_PACKAGE_BYTES = 2 * 1024**3
+MAX_ENGINE_BYTES = 1024**3
 MAX_BLOCK_SIZE = 1024 * 1024
 DEFAULT_BLOCK_SIZE = 64 * 1024
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -41,6 +42,7 @@ MAX_PAYLOAD: dict[str, int] = {
     "fetch": 16 * 1024,
     "blocks": MAX_BLOCK_SIZE + 1024,
     "tuf": 1024 * 1024,
+    "upload": MAX_BLOCK_SIZE + 1024,  # an EngineUpload announce or one block frame
 }
 
 
@@ -185,6 +187,9 @@ class EventType(str, Enum):
     ACTIVATION_FAILED = "activation.failed"
     REVERTED = "activation.reverted"
     SELF_HEAL = "selfheal.action"
+    ENGINE_BUILT = "engine.built"  # data: source, seconds, plan_sha256, engine_key
+    ENGINE_REFUSED = "engine.refused"
+    ENGINE_UPLOADED = "engine.uploaded"
     REJECTED = "security.rejected"
     BAD_MESSAGE = "protocol.bad_message"
 
@@ -202,6 +207,21 @@ class EventMessage(DeviceMessage):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+ENGINE_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class EngineRef(BaseModel):
+    """A TensorRT engine for one hardware profile (``engine_key``, e.g. ``sm87-trt10.3``),
+    built from the assignment's package; fetched with the same block transfer."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    engine_key: str = Field(pattern=ENGINE_KEY_PATTERN)
+    target: str = Field(min_length=1, max_length=256)
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    length: int = Field(gt=0, le=MAX_ENGINE_BYTES)
+
+
 class DesiredAssignment(DeviceMessage):
     """Retained ``d/{device}/desired``: what the device should run.
 
@@ -216,6 +236,9 @@ class DesiredAssignment(DeviceMessage):
     block_size: int = Field(default=DEFAULT_BLOCK_SIZE, gt=0, le=MAX_BLOCK_SIZE)
     sequence: int = Field(ge=1)
     issued_at: float
+    # Optional (absent for onnxruntime devices and when no engine for the profile exists
+    # yet); covered by the director signature like every other field.
+    engine: EngineRef | None = None
     signature: str | None = None
     keyid: str | None = None
 
@@ -262,6 +285,22 @@ class FetchRequest(DeviceMessage):
         return value
 
 
+class EngineUpload(DeviceMessage):
+    """``d/{device}/upload`` JSON announce: the block frames of this engine follow on the
+    same topic (a payload that starts with the frame magic is a frame, else an announce)."""
+
+    release: str = Field(min_length=1, max_length=128)
+    package_sha256: str = Field(pattern=SHA256_PATTERN)
+    engine_key: str = Field(pattern=ENGINE_KEY_PATTERN)
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    length: int = Field(gt=0, le=MAX_ENGINE_BYTES)
+    block_size: int = Field(default=DEFAULT_BLOCK_SIZE, gt=0, le=MAX_BLOCK_SIZE)
+
+    @property
+    def block_count(self) -> int:
+        return -(-self.length // self.block_size)
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     "state": StateMessage,
     "telemetry": TelemetryBatch,
@@ -269,6 +308,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     "desired": DesiredAssignment,
     "cmd": Command,
     "fetch": FetchRequest,
+    "upload": EngineUpload,
 }
 
 M = TypeVar("M", bound=Message)

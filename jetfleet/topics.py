@@ -24,6 +24,7 @@ class DeviceTopic(str, Enum):
     CMD = "cmd"
     FETCH = "fetch"
     BLOCKS = "blocks"
+    UPLOAD = "upload"  # device → server: a built engine (JSON announce + block frames)
 
 
 def validate_device_id(device_id: str) -> str:
@@ -67,6 +68,10 @@ def fetch(device_id: str) -> str:
 
 def blocks(device_id: str) -> str:
     return device_topic(device_id, DeviceTopic.BLOCKS)
+
+
+def upload(device_id: str) -> str:
+    return device_topic(device_id, DeviceTopic.UPLOAD)
 
 
 def artifact_blocks(sha256: str) -> str:

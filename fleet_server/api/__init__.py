@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends
 from fleet_server.api import (
     assignments,
     devices,
+    engines,
     events,
     packages,
     releases,
@@ -22,7 +23,8 @@ API_PREFIX = "/api/v1"
 def api_router() -> APIRouter:
     # Reads need a viewer, anything else an operator (users.router: admin).
     router = APIRouter(prefix=API_PREFIX, dependencies=[Depends(authorize_api)])
-    for module in (devices, packages, releases, assignments, events, telemetry, rollouts):
+    for module in (devices, packages, releases, engines, assignments, events, telemetry,
+                   rollouts):
         router.include_router(module.router)
     router.include_router(users.router)
     return router

@@ -36,7 +36,7 @@ from fleet_server.auth import (
 )
 from fleet_server.auth_models import User
 from fleet_server.console import views
-from fleet_server.console.pages import settings_context
+from fleet_server.console.pages import rollouts_context, settings_context
 from fleet_server.console.web import (
     CSRF_COOKIE,
     AdminAction,
@@ -47,9 +47,10 @@ from fleet_server.console.web import (
     templates,
 )
 from fleet_server.context import ServerContext
-from fleet_server.deps import ContextDep, SessionDep
+from fleet_server.deps import ContextDep, RolloutsDep, SessionDep
 from fleet_server.errors import ConflictError, FleetServerError, NotFoundError
 from fleet_server.models import Device, ReleaseCreate
+from fleet_server.rollout_models import RolloutCreate
 from fleet_server.uploads import receive_file
 
 router = APIRouter()
@@ -241,6 +242,90 @@ def assign(
         return back("/console/releases", error=str(exc))
     _audit(context, me.name, "release.assign", release, device_ids=targets)
     return back("/console/releases", msg=f"Assigned {release} to {count} device(s).")
+
+
+# -- rollouts --------------------------------------------------------------------------
+def _form_reason(exc: ValidationError | FleetServerError) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = str(first["msg"]).removeprefix("Value error, ")
+        return f"{where}: {message}" if where else message
+    return str(exc)
+
+
+@router.post("/rollouts")
+async def new_rollout(
+    request: Request, me: OperatorAction, context: ContextDep, rollouts: RolloutsDep
+) -> Response:
+    """The create form: the same :meth:`RolloutController.create` as ``POST /api/v1/rollouts``.
+
+    A refused form is shown again with its values and the reason (422).
+    """
+    form = await request.form()
+    values: dict[str, Any] = {
+        name: str(form.get(name, "")).strip()[:4000] for name in views.ROLLOUT_FIELDS
+    }
+    values["auto_rollback"] = form.get("auto_rollback") == "1"
+    body = {k: v for k, v in values.items() if v != ""}
+    try:
+        created = await run_in_threadpool(rollouts.create, RolloutCreate.model_validate(body))
+    except (ValidationError, FleetServerError) as exc:
+        reason = _form_reason(exc)
+        await run_in_threadpool(
+            _audit, context, me.name, "rollout.create", values["release"], 422, error=reason
+        )
+        with Session(context.engine) as session:
+            page = render(
+                request,
+                "rollouts.html",
+                me,
+                form_error=f"Rollout not created: {reason}",
+                **rollouts_context(session, values),
+            )
+        page.status_code = 422
+        return page
+    await run_in_threadpool(
+        _audit,
+        context,
+        me.name,
+        "rollout.create",
+        str(created.id),
+        release=created.release,
+        selector=created.selector,
+        waves=created.waves,
+        plan=created.plan,
+    )
+    return back(
+        f"/console/rollouts/{created.id}",
+        msg=f"Rollout {created.id} of {created.release} started on {len(created.targets)} "
+        f"device(s) in {len(created.plan)} wave(s).",
+    )
+
+
+@router.post("/rollouts/{rollout_id}/{action}")
+def steer_rollout(
+    rollout_id: int, action: str, me: OperatorAction, context: ContextDep, rollouts: RolloutsDep
+) -> Response:
+    """Pause, resume, abort or roll back (the controller's own checks say when)."""
+    steps = {
+        "pause": rollouts.pause,
+        "resume": rollouts.resume,
+        "abort": rollouts.abort,
+        "rollback": rollouts.rollback,
+    }
+    if action not in steps:
+        raise NotFoundError(f"no rollout action {action!r}")
+    url = f"/console/rollouts/{rollout_id}"
+    try:
+        rollout = steps[action](rollout_id)
+    except NotFoundError:
+        raise
+    except FleetServerError as exc:
+        _audit(context, me.name, f"rollout.{action}", str(rollout_id), 409, error=str(exc))
+        return back(url, error=str(exc))
+    _audit(context, me.name, f"rollout.{action}", str(rollout_id), status_after=rollout.status)
+    return back(url, msg=f"Rollout {rollout_id} is now {rollout.status.replace('_', ' ')}.")
 
 
 # -- admin: users and tokens -----------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from typing import Annotated
 
@@ -17,6 +16,7 @@ from fleet_server.console.web import ConsoleUser, render, require_page_role
 from fleet_server.deps import SessionDep
 from fleet_server.errors import NotFoundError
 from fleet_server.models import Assignment, Device, Package, Release
+from fleet_server.rollout_models import Rollout
 
 router = APIRouter()
 Text = Annotated[str, Query(max_length=200)]
@@ -161,10 +161,48 @@ def releases_page(request: Request, me: ConsoleUser, session: SessionDep) -> Res
     )
 
 
+def rollouts_context(
+    session: SessionDep, form: dict[str, object] | None = None
+) -> dict[str, object]:
+    """The rollouts page: the list, and the create form (``form``: values to show again)."""
+    return {
+        "rollouts": views.rollout_list(session),
+        "form": form or views.rollout_form_defaults(),
+        **views.rollout_form_choices(session),
+    }
+
+
 @router.get("/rollouts")
-def rollouts_page(request: Request, me: ConsoleUser) -> Response:
-    available = importlib.util.find_spec("fleet_server.rollouts") is not None
-    return render(request, "rollouts.html", me, available=available)
+def rollouts_page(request: Request, me: ConsoleUser, session: SessionDep) -> Response:
+    return render(request, "rollouts.html", me, **rollouts_context(session))
+
+
+@router.get("/rollouts/rows")
+def rollouts_rows(request: Request, me: ConsoleUser, session: SessionDep) -> Response:
+    return render(request, "_rollout_rows.html", me, rollouts=views.rollout_list(session))
+
+
+def _rollout(session: SessionDep, rollout_id: int) -> Rollout:
+    rollout = session.get(Rollout, rollout_id)
+    if rollout is None:
+        raise NotFoundError(f"rollout {rollout_id} does not exist")
+    return rollout
+
+
+@router.get("/rollouts/{rollout_id}")
+def rollout_page(
+    request: Request, rollout_id: int, me: ConsoleUser, session: SessionDep
+) -> Response:
+    context = views.rollout_context(session, _rollout(session, rollout_id))
+    return render(request, "rollout.html", me, **context)
+
+
+@router.get("/rollouts/{rollout_id}/live")
+def rollout_live(
+    request: Request, rollout_id: int, me: ConsoleUser, session: SessionDep
+) -> Response:
+    context = views.rollout_context(session, _rollout(session, rollout_id))
+    return render(request, "_rollout_live.html", me, **context)
 
 
 @router.get("/events")

@@ -11,6 +11,14 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from fleet_server.models import Assignment, Device, Event, Release, Telemetry
+from fleet_server.rollout_models import (
+    GateDecision,
+    Rollout,
+    RolloutCreate,
+    RolloutDevice,
+    format_selector,
+)
+from fleet_server.rollouts import rollout_devices, wave_devices
 
 FAILURE_TYPES = ("activation.reverted", "activation.failed", "ota.failed", "security.rejected")
 ENGINE_TYPES = (
@@ -221,3 +229,146 @@ def series(
         "marks": marks,
         **out,
     }
+
+
+# -- rollouts --------------------------------------------------------------------------
+ROLLOUT_ACTIONS = {  # console action → (statuses it is offered in, button label)
+    "pause": (("pending", "running"), "Pause"),
+    "resume": (("paused",), "Resume"),
+    "abort": (("pending", "running", "paused"), "Abort"),
+    "rollback": (
+        ("pending", "running", "paused", "halted", "aborted", "completed"),
+        "Roll back",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class WaveView:
+    index: int
+    target: int  # cumulative device count
+    devices: list[str]
+    state: str  # pending | issued | passed | failed
+
+
+@dataclass(frozen=True)
+class RolloutDeviceView:
+    row: RolloutDevice
+    device: Device | None
+    status: str  # the rollout assignment's status now (the controller stops mirroring it
+    # once the rollout is finished, so a trial that commits later still shows here)
+
+
+def _device_status(
+    rollout: Rollout,
+    row: RolloutDevice,
+    live: Mapping[tuple[str, int], str],
+    devices: Mapping[str, Device],
+) -> str:
+    """The rollout assignment's status now; ``committed`` once the device's known-good is
+    the release (agents do not put the sequence on their commit event)."""
+    status = live.get((row.device_id, row.sequence), row.status) if row.sequence else row.status
+    device = devices.get(row.device_id)
+    if (
+        status == "trial"
+        and device is not None
+        and device.known_good_sha256 == rollout.release_sha256
+    ):
+        return "committed"
+    return status
+
+
+def rollout_context(session: Session, rollout: Rollout) -> dict[str, Any]:
+    """Everything the rollout detail page shows: waves, devices and gate decisions."""
+    assert rollout.id is not None
+    gates = list(
+        session.exec(
+            select(GateDecision)
+            .where(GateDecision.rollout_id == rollout.id)
+            .order_by(col(GateDecision.id))
+        ).all()
+    )
+    verdicts = {g.wave: g.passed for g in gates}
+    waves = []
+    for index, target in enumerate(rollout.plan):
+        if index in verdicts:
+            state = "passed" if verdicts[index] else "failed"
+        else:
+            state = "issued" if index <= rollout.issued_wave else "pending"
+        waves.append(WaveView(index, target, wave_devices(rollout, index), state))
+    rows = rollout_devices(session, rollout.id)
+    devices = {
+        d.id: d
+        for d in session.exec(
+            select(Device).where(col(Device.id).in_([r.device_id for r in rows]))
+        ).all()
+    }
+    live: dict[tuple[str, int], str] = {}
+    sequences = [r.sequence for r in rows if r.sequence is not None]
+    if sequences:
+        for a in session.exec(
+            select(Assignment).where(
+                col(Assignment.device_id).in_(list(devices)),
+                col(Assignment.sequence).in_(sequences),
+            )
+        ).all():
+            live[(a.device_id, a.sequence)] = a.status
+    shown = [
+        RolloutDeviceView(r, devices.get(r.device_id), _device_status(rollout, r, live, devices))
+        for r in rows
+    ]
+    counts = Counter(v.status for v in shown)
+    return {
+        "rollout": rollout,
+        "waves": waves,
+        "rows": shown,
+        "counts": dict(sorted(counts.items())),
+        "gates": list(reversed(gates)),
+        "actions": [
+            (name, label)
+            for name, (allowed, label) in ROLLOUT_ACTIONS.items()
+            if rollout.status in allowed
+        ],
+        "selector_text": format_selector(rollout.selector),
+    }
+
+
+def rollout_list(session: Session) -> list[Rollout]:
+    return list(session.exec(select(Rollout).order_by(col(Rollout.id).desc()).limit(200)).all())
+
+
+ROLLOUT_FIELDS = (
+    "release",
+    "selector",
+    "waves",
+    "bake_s",
+    "wave_timeout_s",
+    "max_failures",
+    "max_failure_rate",
+    "min_executions",
+    "max_reverts",
+    "max_p95_ratio",
+    "max_error_rate",
+)
+
+
+def rollout_form_defaults() -> dict[str, Any]:
+    """The create form's initial values: the API's defaults, as the form shows them."""
+    fields = RolloutCreate.model_fields
+    values: dict[str, Any] = {
+        name: ""
+        if fields[name].is_required()
+        else f"{fields[name].default:g}"
+        if isinstance(fields[name].default, float)
+        else str(fields[name].default)
+        for name in ROLLOUT_FIELDS
+    }
+    values["auto_rollback"] = bool(fields["auto_rollback"].default)
+    return values
+
+
+def rollout_form_choices(session: Session) -> dict[str, Any]:
+    devices = session.exec(select(Device)).all()
+    tags = sorted({f"{k}={v}" for d in devices for k, v in d.tags.items()})
+    releases = session.exec(select(Release.name).order_by(col(Release.created_at).desc())).all()
+    return {"release_names": list(releases), "tag_choices": tags, "device_total": len(devices)}

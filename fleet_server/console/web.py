@@ -60,8 +60,21 @@ def _num(value: Any, fmt: str = ".2f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _numval(value: Any) -> str:
+    """A gate number: floats to 4 significant digits, lists joined, None as a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return format(value, ".4g")
+    if isinstance(value, list | tuple):
+        return ", ".join(_numval(v) for v in value) or "none"
+    return str(value)
+
+
 templates = Jinja2Templates(directory=str(HERE / "templates"))
-templates.env.filters.update(ago=_ago, when=_when, size=_size, num=_num)
+templates.env.filters.update(ago=_ago, when=_when, size=_size, num=_num, numval=_numval)
 
 
 def console_principal(request: Request, context: ContextDep) -> Principal:

@@ -80,7 +80,7 @@ class FakeServer:
         self.inbox: queue.Queue[Inbound | Connection] = queue.Queue()
         self.client = MqttClient(f"fake-server-{uuid.uuid4().hex[:8]}",
                                  BrokerAddress.from_url(broker_url), self.inbox)
-        for kind in ("fetch", "telemetry", "events", "state"):
+        for kind in ("fetch", "telemetry", "events", "state", "upload"):
             self.client.subscribe(topics.device_topic(device_id, kind), 1)
         self.artifacts: dict[str, bytes] = {}
         self.block_sizes: dict[str, int] = {}
@@ -93,6 +93,7 @@ class FakeServer:
         self.events: list[EventMessage] = []
         self.states: list[StateMessage] = []
         self.requests: list[FetchRequest] = []
+        self.uploads: list[bytes] = []  # raw d/{id}/upload payloads (announce + frames)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -148,6 +149,8 @@ class FakeServer:
                 self.telemetry.append(decode("telemetry", item.payload))
             elif kind == "events":
                 self.events.append(decode("events", item.payload))
+            elif kind == "upload":
+                self.uploads.append(item.payload)
             elif kind == "state" and item.payload:
                 self.states.append(decode("state", item.payload))
 

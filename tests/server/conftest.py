@@ -3,6 +3,7 @@ and :class:`SimDevice`, a device written against the protocol with ``jetfleet.mq
 
 from __future__ import annotations
 
+import os
 import queue
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from jetfleet.frames import BlockFrame, decode_frame
 from jetfleet.messages import DesiredAssignment, StateMessage, decode
 from jetfleet.mqtt import BrokerAddress, Connection, Inbound, MqttClient, Will
 from tests.support.mosquitto import MosquittoBroker
+from tests.support.postgres import PostgresCluster
 from tests.support.tinymodel import make_package
 
 T = TypeVar("T")
@@ -38,6 +40,31 @@ def wait_for(predicate: Callable[[], T], timeout: float = 5.0, what: str = "cond
         time.sleep(0.02)
 
 
+# JETFLEET_TEST_DATABASE=postgres: every test's server uses its own fresh database on one
+# session-wide PostgresCluster (keyed by tmp_path, so a restarted server finds its data).
+_PG: dict[str, Any] = {}
+
+
+def _test_database_url(tmp_path: Path) -> str | None:
+    if os.environ.get("JETFLEET_TEST_DATABASE", "sqlite") != "postgres":
+        return None
+    key = str(tmp_path)
+    if key not in _PG:
+        if "cluster" not in _PG:
+            _PG["cluster"] = PostgresCluster().start()
+        _PG[key] = _PG["cluster"].create_database(f"t{len(_PG)}")
+    url: str = _PG[key]
+    return url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_cluster() -> Iterator[None]:
+    yield
+    cluster = _PG.pop("cluster", None)
+    if cluster is not None:
+        cluster.stop()
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "data_dir": tmp_path / "server",
@@ -47,6 +74,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "client_id": f"server-{tmp_path.name[-20:]}",
         "auth_enabled": False,  # auth has its own tests (test_auth.py)
     }
+    if "database_url" not in overrides and (url := _test_database_url(tmp_path)):
+        values["database_url"] = url
     values.update(overrides)
     return Settings(**values)
 

@@ -57,6 +57,7 @@ def test_device_publishes_its_own_topics_and_the_server_receives_them(fleet: Mtl
         topics.telemetry("dev-a"),
         topics.events("dev-a"),
         topics.fetch("dev-a"),
+        topics.upload("dev-a"),  # a built TensorRT engine (DESIGN §4)
     ]
     # the subscription is live once a message from the server to itself comes back
     server.publish(topics.cmd("probe"), b"ready")
@@ -83,6 +84,7 @@ def test_device_cannot_publish_on_another_devices_topics(fleet: MtlsFleet):
         topics.telemetry("dev-b"),
         topics.events("dev-b"),
         topics.fetch("dev-b"),
+        topics.upload("dev-b"),
     ):
         assert attacker.publish(topic, b"forged", retain=True).value == NOT_AUTHORIZED, topic
     assert attacker.publish(topics.state("dev-a"), b"marker").value == 0

@@ -35,7 +35,9 @@ def test_device_rules_name_only_the_devices_own_topics():
     assert all(p.startswith("pattern ") for p in patterns)
     writes = {p.split()[2] for p in patterns if p.split()[1] == "write"}
     reads = {p.split()[2] for p in patterns if p.split()[1] == "read"}
-    assert writes == {f"jetfleet/v1/d/%u/{k}" for k in ("state", "telemetry", "events", "fetch")}
+    assert writes == {
+        f"jetfleet/v1/d/%u/{k}" for k in ("state", "telemetry", "events", "fetch", "upload")
+    }
     assert reads == {f"jetfleet/v1/d/%u/{k}" for k in ("desired", "cmd", "blocks")} | {
         "jetfleet/v1/a/+/blocks",
         "jetfleet/v1/tuf/+",

@@ -49,7 +49,8 @@
     const opts = {
       width: width,
       height: 170,
-      scales: { x: { time: true, range: () => data.window } },
+      // The window moves with every refresh: read it from state, not this first load.
+      scales: { x: { time: true, range: () => state.window } },
       axes: [
         { stroke: css("--muted"), grid: { stroke: css("--line") } },
         { stroke: css("--muted"), grid: { stroke: css("--line") }, size: 50 },
@@ -88,6 +89,7 @@
 
   function update(host, data, state) {
     state.marks = data.marks;
+    state.window = data.window;
     const gpuChanged = state.gpu !== data.gpu || state.hadSamples !== !!data.samples;
     state.gpu = data.gpu;
     state.hadSamples = !!data.samples;
