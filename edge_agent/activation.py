@@ -164,7 +164,9 @@ class Activator:
         self._save()
         self.engines.set_standby(None)  # the old known-good is not needed any more
         self._prune_engines()
+        record = st.slots.get(trial.sha256)
         self.emit(EventType.COMMITTED, sha256=trial.sha256, release=trial.release,
+                  sequence=record.sequence if record is not None else None,
                   message=f"{trial.release} is known-good")
         self.on_change()
 
@@ -187,6 +189,8 @@ class Activator:
             except ActivationError as exc:
                 logger.error("known-good %s does not load either: %s", good_release, exc)
                 return False
+        bad_record = st.slots.get(bad_sha) if bad_sha is not None else None
+        bad_sequence = bad_record.sequence if bad_record is not None else None
         if bad_sha is not None:
             if bad_sha not in st.reverted:
                 st.reverted.append(bad_sha)
@@ -197,6 +201,7 @@ class Activator:
         self.engines.swap(engine)
         self._prune_engines()
         self.emit(EventType.REVERTED, sha256=bad_sha, release=bad_release, message=reason,
+                  sequence=bad_sequence,
                   data={"to_release": good_release, "to_sha256": good_sha})
         self.on_change()
         return True

@@ -212,6 +212,14 @@ class Updater:
         if self.download is not None and self.download.sha256 not in mine:
             self.end_download()
         if a.sha256 == st.active_sha256:
+            if new:  # tell the server this assignment is satisfied, under its sequence
+                on_trial = st.trial is not None and st.trial.sha256 == a.sha256
+                st.set_slot(a.sha256, SlotStatus.TRIAL if on_trial else SlotStatus.COMMITTED,
+                            now=self.clock(), release=a.release, sequence=a.sequence)
+                self.store.save(st)
+                self.emit(EventType.TRIAL if on_trial else EventType.COMMITTED,
+                          sha256=a.sha256, release=a.release, sequence=a.sequence,
+                          message=f"{a.release} is already running")
             self.changed()
             return
         if a.sha256 in st.reverted:

@@ -415,16 +415,33 @@ def test_good_release_goes_through_every_wave_to_the_lab_only(fleet: Fleet) -> N
     fleet.check_serves(OTHER, "r1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: the agent's activation.committed event carries no sequence "
-    "(edge_agent/activation.py commit), so the server's assignment stays 'trial'",
-)
 def test_assignment_history_shows_the_commit(fleet: Fleet) -> None:
-    r2 = [a for d in LAB for a in fleet.assignments(d) if a["release"] == "r2"]
-    if not r2:
-        pytest.skip("needs the good r2 rollout of the test before")
-    assert {a["status"] for a in r2} == {"committed"}, r2
+    """Agents report commits under the assignment's sequence, so the server's history
+    shows each r2 assignment committed (and rollback assignments to a release a device
+    already runs are acknowledged too)."""
+
+    def r2_assignments() -> list[dict]:
+        return [a for d in LAB for a in fleet.assignments(d) if a["release"] == "r2"]
+
+    assert r2_assignments(), "needs the good r2 rollout of the test before"
+    wait_for(
+        "r2 assignments committed",
+        lambda: {a["status"] for a in r2_assignments()} == {"committed"},
+        30,
+        0.5,
+    )
+
+    def canary_rollback_status() -> str:
+        latest_r1 = [a for a in fleet.assignments(CANARY) if a["release"] == "r1"][-1]
+        return str(latest_r1["status"])
+
+    # the canary's last r1 assignment was an auto-rollback to what it already ran
+    wait_for(
+        "rollback assignment acknowledged",
+        lambda: canary_rollback_status() in {"committed", "superseded"},
+        30,
+        0.5,
+    )
 
 
 # -- server killed mid-rollout -----------------------------------------------------------------
