@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := mosquitto postgresql chromium
 
-.PHONY: install venv310 system-deps test test-fast test-agent310 lint demo bench bench-compress clean
+.PHONY: install venv310 system-deps test test-fast test-agent310 test-postgres lint demo bench bench-compress clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,8 +54,13 @@ test-fast: install
 test-agent310: venv310
 	$(VENV310)/bin/python -m pytest -q -p no:cacheprovider tests/jetfleet tests/agent tests/jetson
 
+# The server suite runs twice: SQLite (in the full run) and PostgreSQL (a throwaway cluster).
+test-postgres: install system-deps
+	JETFLEET_TEST_DATABASE=postgres $(BIN)/python -m pytest -q -p no:cacheprovider tests/server
+
 test: install system-deps venv310 lint
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory test-postgres
 	$(MAKE) --no-print-directory test-agent310
 
 demo: install
