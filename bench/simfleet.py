@@ -274,7 +274,7 @@ class FleetConfig:
     prefix: str = "sim"
     slots_dir: Path | None = None  # None → a temporary directory (removed on stop)
     connect_concurrency: int = 200
-    broadcast: bool = False
+    broadcast: bool = False  # listen on a/{sha}/blocks while downloading, as the agent does
     broadcast_quiet_s: float = 1.0
     download_window: int = 32
     download_timeout_s: float = 5.0
@@ -422,7 +422,7 @@ class SimDevice:
             self.download.close()
         now = time.monotonic()
         slot = self.store.slot(desired.sha256, desired.length, desired.block_size)
-        self._listening = self.fleet.config.broadcast
+        self._listening = False  # the agent fetches at once; the server decides to broadcast
         self.record = DownloadRecord(desired.sha256, time.time())
         self.download = Download(
             desired,
@@ -431,9 +431,10 @@ class SimDevice:
             window=self.fleet.config.download_window,
             timeout_s=self.fleet.config.download_timeout_s,
         )
-        self.event("ota.started", release=desired.release, sha256=desired.sha256,
-                   sequence=desired.sequence)
-        if self._listening:
+        self.event(
+            "ota.started", release=desired.release, sha256=desired.sha256, sequence=desired.sequence
+        )
+        if self.fleet.config.broadcast:
             self._last_broadcast = now
             self.fleet.subscribe_later(self, topics.artifact_blocks(desired.sha256))
         self.download.start(now)
@@ -472,7 +473,7 @@ class SimDevice:
             assert self.record is not None
             self.record.broadcast_blocks += 1
         try:
-            outcome = download.on_frame(frame, now)
+            outcome = download.on_frame(frame, now, broadcast=broadcast)
         except TransferError as exc:
             logger.warning("%s: %s", self.id, exc)
             return
@@ -502,8 +503,11 @@ class SimDevice:
         record.bytes_duplicate = download.counters.bytes_duplicate
         if self.fleet.config.broadcast:
             self.fleet.unsubscribe_later(self, topics.artifact_blocks(desired.sha256))
-        common = {"release": desired.release, "sha256": desired.sha256,
-                  "sequence": desired.sequence}
+        common = {
+            "release": desired.release,
+            "sha256": desired.sha256,
+            "sequence": desired.sequence,
+        }
         if record.ok:
             self.active = desired
             self.event("ota.verified", **common)
@@ -530,9 +534,7 @@ class SimFleet:
             self.slots_dir = self._tmp
         else:
             self.slots_dir = Path(config.slots_dir)
-        self.devices = [
-            SimDevice(self, f"{config.prefix}-{i:05d}") for i in range(config.devices)
-        ]
+        self.devices = [SimDevice(self, f"{config.prefix}-{i:05d}") for i in range(config.devices)]
         self.bad_messages = 0
         self.records: dict[str, DownloadRecord] = {}
         self._downloads_changed = asyncio.Event()
@@ -622,8 +624,11 @@ class SimFleet:
         return sum(1 for d in self.devices if d.record is not None and d.record.sha256 == sha256)
 
     def broadcast_listeners(self, sha256: str) -> int:
-        return sum(1 for d in self.devices if d._listening and d.record is not None
-                   and d.record.sha256 == sha256)
+        return sum(
+            1
+            for d in self.devices
+            if d._listening and d.record is not None and d.record.sha256 == sha256
+        )
 
     async def wait_downloads(self, sha256: str, timeout: float) -> dict[str, DownloadRecord]:
         deadline = time.monotonic() + timeout
@@ -698,8 +703,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     parser.add_argument("--prefix", default="sim", help="device ids are PREFIX-00000, ...")
     parser.add_argument("--connect-concurrency", type=int, default=200)
-    parser.add_argument("--linger", type=float, default=0.0,
-                        help="seconds to stay connected after the telemetry")
+    parser.add_argument(
+        "--linger", type=float, default=0.0, help="seconds to stay connected after the telemetry"
+    )
     parser.add_argument("--ready-file", help="written once every device is connected")
     parser.add_argument("--out", help="write the JSON summary here (default: stdout)")
     args = parser.parse_args(argv)

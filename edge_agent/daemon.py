@@ -416,7 +416,7 @@ class Agent:
             return
         message = result.message
         if isinstance(message, BlockFrame):
-            self.updater.on_frame(message)
+            self.updater.on_frame(message, broadcast=msg.topic.startswith(f"{topics.PREFIX}/a/"))
         elif isinstance(message, BadBlock):
             self.updater.on_bad_block(message.sha256, message.index)
         elif isinstance(message, DesiredAssignment):

@@ -75,6 +75,7 @@ class Download:
         self._requested_once: set[int] = set()
         self._cursor = 0
         self._last_progress = 0.0
+        self._last_unsolicited = float("-inf")  # last fresh block we did not ask for
         self.resumed = False
         self._clean_retry_used = False
         self.outcome = Outcome.RUNNING
@@ -111,8 +112,8 @@ class Download:
         return self.slot.verified_count / self.slot.block_count
 
     # -- events --------------------------------------------------------------------
-    def on_frame(self, frame: BlockFrame, now: float) -> Outcome:
-        """A frame that passed its digest check."""
+    def on_frame(self, frame: BlockFrame, now: float, *, broadcast: bool = False) -> Outcome:
+        """A frame that passed its digest check (``broadcast``: from ``a/{sha}/blocks``)."""
         if self.outcome is not Outcome.RUNNING:
             return self.outcome
         if frame.count != self.slot.block_count:
@@ -120,7 +121,7 @@ class Download:
                 f"frame says {frame.count} blocks, assignment has {self.slot.block_count}"
             )
         self.counters.bytes_received += len(frame.payload)
-        self.outstanding.pop(frame.index, None)
+        solicited = self.outstanding.pop(frame.index, None) is not None and not broadcast
         try:
             fresh = self.slot.write_block(frame.index, frame.offset, frame.payload, now=now)
         except SlotError as exc:
@@ -131,11 +132,21 @@ class Download:
             self.counters.bytes_duplicate += len(frame.payload)
             return self.outcome
         self._last_progress = now
+        if not solicited:
+            # A broadcast (a/{sha}/blocks) is streaming blocks we did not ask for: the
+            # transfer is moving, so outstanding requests are not late, and asking for
+            # more now would only duplicate what the broadcast is about to deliver.
+            self._last_unsolicited = now
+            for index in self.outstanding:
+                self.outstanding[index] = now
         if self.slot.done:
             return self._finish()
-        if len(self.outstanding) <= self.window // 2:
+        if not self._streaming(now) and len(self.outstanding) <= self.window // 2:
             self._fill(now)
         return self.outcome
+
+    def _streaming(self, now: float) -> bool:
+        return now - self._last_unsolicited < self.timeout_s
 
     def on_bad_block(self, index: int, now: float) -> None:
         """A frame of this artifact failed its digest: ask for the block again."""
@@ -153,7 +164,7 @@ class Download:
             logger.info("%s: %d blocks not received in %.1fs; asking again",
                         self.sha256[:12], len(late), self.timeout_s)
             self._request(late, now)
-        elif not self.outstanding:
+        elif not self.outstanding and not self._streaming(now):
             self._fill(now)
         if now - self._last_progress > self.timeout_s * STALL_TIMEOUTS:
             return self._fail(

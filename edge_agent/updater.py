@@ -298,13 +298,13 @@ class Updater:
             return False
         return True
 
-    def on_frame(self, frame: BlockFrame) -> None:
+    def on_frame(self, frame: BlockFrame, *, broadcast: bool = False) -> None:
         dl = self.download
         if dl is None or frame.sha256 != dl.sha256:
             self.frames_ignored += 1  # a late frame of a finished or other transfer
             return
         try:
-            outcome = dl.on_frame(frame, time.monotonic())
+            outcome = dl.on_frame(frame, time.monotonic(), broadcast=broadcast)
         except TransferError as exc:
             self.validator.reject("blocks", "bad_frame", str(exc))
             return

@@ -156,3 +156,30 @@ def test_cleanup_keeps_named_slots(tmp_path):
         (tmp_path / name).mkdir()
     assert store.cleanup({"a" * 64, None, "c" * 64}) == ["b" * 64]
     assert store.names() == ["a" * 64, "c" * 64]
+
+
+def test_broadcast_stream_holds_back_unicast_requests(tmp_path):
+    """Blocks arriving unasked (a broadcast on a/{sha}/blocks) mean the transfer is moving:
+    the agent neither re-requests its window nor asks for more until the stream pauses,
+    then asks only for what is still missing (repair)."""
+    data, sha = artifact(20 * BS)
+    sent = Sent()
+    dl = Download(assignment(data, sha), SlotStore(tmp_path).slot(sha, len(data), BS), sent,
+                  window=4, timeout_s=1.0)
+    dl.start(now=0.0)
+    assert sent.blocks() == [0, 1, 2, 3]  # the first window (the server may hold it)
+    t = 0.0
+    for i in range(4, 18):  # the broadcast streams 4..17 over 2.8 s; 0..3 and 18, 19 missed
+        t += 0.2
+        assert dl.on_frame(frame(data, sha, i), now=t) is Outcome.RUNNING
+        dl.tick(now=t)
+    assert sent.blocks() == [0, 1, 2, 3]  # nothing re-requested or added while streaming
+    dl.tick(now=t + 1.1)  # the stream paused past the timeout: repair the gaps only
+    assert sorted(sent.blocks()[4:]) == [0, 1, 2, 3]
+    for i in (0, 1, 2, 3):
+        dl.on_frame(frame(data, sha, i), now=t + 1.2)
+    assert sorted(sent.blocks()[8:]) == [18, 19]
+    for i in (18, 19):
+        outcome = dl.on_frame(frame(data, sha, i), now=t + 1.3)
+    assert outcome is Outcome.COMPLETE
+    assert dl.counters.bytes_duplicate == 0
