@@ -60,6 +60,9 @@ class AgentConfig(BaseModel):
     bake_s: float = Field(default=30.0, ge=0)
     fetch_window_blocks: int = Field(default=32, ge=1, le=256)
     fetch_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    # A transfer must finish within floor + length / min rate, however it trickles in.
+    download_deadline_floor_s: float = Field(default=300.0, gt=0, le=86_400)
+    download_min_rate_kib_s: float = Field(default=32.0, gt=0, le=1_000_000)
     replay: ReplayConfig | None = None
     serving: ServingConfig = Field(default_factory=ServingConfig)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)

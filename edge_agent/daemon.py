@@ -140,6 +140,8 @@ class Agent:
             changed=self._changed, is_connected=lambda: self._connected,
             publish=self._publish, subscribe=self._subscribe, unsubscribe=self._unsubscribe,
             window=config.fetch_window_blocks, timeout_s=config.fetch_timeout_s,
+            deadline_floor_s=config.download_deadline_floor_s,
+            min_rate_bytes_s=config.download_min_rate_kib_s * 1024,
             trust=(DeviceTrust(config.trust, self.state_dir / "tuf")
                    if config.trust is not None else None),
             engine_key=self.engine_cache.engine_key if self.engine_cache is not None else None,

@@ -63,6 +63,7 @@ class Download:
         *,
         window: int = 32,
         timeout_s: float = 5.0,
+        deadline_s: float | None = None,
     ) -> None:
         self.assignment = assignment
         self.slot = slot
@@ -70,6 +71,8 @@ class Download:
         self._send = send
         self.window = max(1, min(window, MAX_BLOCKS_PER_REQUEST))
         self.timeout_s = timeout_s
+        self.deadline_s = deadline_s  # whole transfer, from start(); None = no deadline
+        self._started = 0.0
         self.counters = TransferCounters()
         self.outstanding: dict[int, float] = {}  # block index → when requested
         self._requested_once: set[int] = set()
@@ -88,6 +91,7 @@ class Download:
         self.counters.resumed_blocks = already
         self.resumed = already > 0
         self._last_progress = now
+        self._started = now
         if self.slot.done:
             self._finish()
             return
@@ -166,6 +170,11 @@ class Download:
             self._request(late, now)
         elif not self.outstanding and not self._streaming(now):
             self._fill(now)
+        if self.deadline_s is not None and now - self._started > self.deadline_s:
+            return self._fail(
+                f"transfer deadline of {self.deadline_s:.0f}s exceeded with "
+                f"{self.slot.verified_count}/{self.slot.block_count} blocks"
+            )
         if now - self._last_progress > self.timeout_s * STALL_TIMEOUTS:
             return self._fail(
                 f"transfer stalled: no new block for {now - self._last_progress:.0f}s"

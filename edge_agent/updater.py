@@ -58,6 +58,8 @@ class Updater:
         unsubscribe: Callable[[str], None],
         window: int,
         timeout_s: float,
+        deadline_floor_s: float = 300.0,
+        min_rate_bytes_s: float = 32 * 1024,
         trust: DeviceTrust | None = None,
         engine_key: str | None = None,
     ) -> None:
@@ -76,6 +78,8 @@ class Updater:
         self.unsubscribe = unsubscribe
         self.window = window
         self.timeout_s = timeout_s
+        self.deadline_floor_s = deadline_floor_s
+        self.min_rate_bytes_s = min_rate_bytes_s
         self.download: Download | None = None
         self.ota_totals: dict[str, int] = {}
         self.frames_ignored = 0
@@ -267,7 +271,8 @@ class Updater:
                                      "target": engine.target})
         slot = self.slots.slot(a.sha256, a.length, a.block_size)
         dl = Download(a, slot, self._send_fetch, window=self.window,
-                      timeout_s=self.timeout_s)
+                      timeout_s=self.timeout_s,
+                      deadline_s=self.deadline_floor_s + a.length / self.min_rate_bytes_s)
         self.download = dl
         self._progress_mark = 0.0
         if engine is None:

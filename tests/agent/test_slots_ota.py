@@ -183,3 +183,24 @@ def test_broadcast_stream_holds_back_unicast_requests(tmp_path):
         outcome = dl.on_frame(frame(data, sha, i), now=t + 1.3)
     assert outcome is Outcome.COMPLETE
     assert dl.counters.bytes_duplicate == 0
+
+
+def test_slow_drip_transfer_hits_its_deadline(tmp_path):
+    """An endless/slow transfer: blocks keep trickling in just fast enough never to
+    stall, but the whole transfer is bounded by its deadline (floor + length / rate)."""
+    data, sha = artifact(50 * BS)
+    sent = Sent()
+    dl = Download(assignment(data, sha), SlotStore(tmp_path).slot(sha, len(data), BS), sent,
+                  window=4, timeout_s=1.0, deadline_s=10.0)
+    dl.start(now=0.0)
+    t, i = 0.0, 0
+    outcome = Outcome.RUNNING
+    while outcome is Outcome.RUNNING and i < 50:
+        t += 0.9  # under the per-request timeout: never "stalled"
+        dl.on_frame(frame(data, sha, i), now=t)
+        outcome = dl.tick(now=t)
+        i += 1
+    assert outcome is Outcome.FAILED
+    assert "deadline" in (dl.error or "")
+    assert 10.0 < t < 12.0  # failed at the deadline, not at the end
+    assert not (tmp_path / sha / "package.jfpkg").exists()
