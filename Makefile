@@ -54,9 +54,11 @@ test-fast: install
 test-agent310: venv310
 	$(VENV310)/bin/python -m pytest -q -p no:cacheprovider tests/jetfleet tests/agent tests/jetson
 
-# The server suite runs twice: SQLite (in the full run) and PostgreSQL (a throwaway cluster).
+# The server and end-to-end suites run twice: SQLite (in the full run) and PostgreSQL
+# (a throwaway cluster on a free port). The demo is SQLite by design.
 test-postgres: install system-deps
-	JETFLEET_TEST_DATABASE=postgres $(BIN)/python -m pytest -q -p no:cacheprovider tests/server
+	JETFLEET_TEST_DATABASE=postgres $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  tests/server tests/e2e --deselect tests/e2e/test_demo.py
 
 test: install system-deps venv310 lint
 	$(BIN)/python -m pytest -q

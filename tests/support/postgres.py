@@ -70,3 +70,27 @@ class PostgresCluster:
             finally:
                 self.started = False
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+_SHARED: dict[str, object] = {}
+
+
+def database_for(key: str) -> str | None:
+    """With ``JETFLEET_TEST_DATABASE=postgres``: a database URL for ``key`` (the same one
+    each time, so a restarted server finds its data) on one cluster per test process,
+    stopped when the process exits. Otherwise None (SQLite)."""
+    import atexit
+
+    if os.environ.get("JETFLEET_TEST_DATABASE", "sqlite") != "postgres":
+        return None
+    if "cluster" not in _SHARED:
+        cluster = PostgresCluster().start()
+        _SHARED["cluster"] = cluster
+        atexit.register(cluster.stop)
+    if key not in _SHARED:
+        cluster = _SHARED["cluster"]
+        assert isinstance(cluster, PostgresCluster)
+        _SHARED[key] = cluster.create_database(f"e{len(_SHARED)}")
+    url = _SHARED[key]
+    assert isinstance(url, str)
+    return url

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from tests.support.mosquitto import free_port
+from tests.support.postgres import database_for
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, poll: float = 0.25) -> Any:
@@ -92,6 +93,7 @@ class ServerProc(Proc):
         else:
             self.broker_port = free_port()
             env["JETFLEET_EMBEDDED_BROKER_PORT"] = str(self.broker_port)
+        database_url = database_url or database_for(str(workdir.resolve()))
         if database_url:
             env["JETFLEET_DATABASE_URL"] = database_url
         env.update(extra_env or {})
