@@ -18,6 +18,7 @@ from fleet_server.artifacts import ArtifactStore
 from fleet_server.audit import AuditMiddleware
 from fleet_server.broadcast import Broadcaster
 from fleet_server.broker import EmbeddedBroker
+from fleet_server.commands import Commands, Sign
 from fleet_server.console import mount_console
 from fleet_server.context import ServerContext
 from fleet_server.db import create_tables, make_engine
@@ -31,8 +32,9 @@ from fleet_server.errors import (
     TooLargeError,
 )
 from fleet_server.gateway import ClientFactory, Gateway
-from fleet_server.lease import ROLLOUT_LEASE, LeaseKeeper
+from fleet_server.lease import RETENTION_LEASE, ROLLOUT_LEASE, LeaseKeeper
 from fleet_server.metrics import ServerMetrics
+from fleet_server.retention import Retention
 from fleet_server.rollouts import RolloutController
 from fleet_server.settings import Settings
 from fleet_server.tufrepo import TufRepository, TufService, package_targets
@@ -93,10 +95,13 @@ def build_context(settings: Settings) -> ServerContext:
         else None
     )
     tuf_service = None
+    sign_command: Sign | None = None
     if settings.keys_dir is None:
         logger.warning("JETFLEET_KEYS_DIR is not set: assignments go out unsigned, no TUF")
     else:
-        gateway.sign_desired = Director.load(settings.keys_dir).sign_desired_payload
+        director = Director.load(settings.keys_dir)
+        gateway.sign_desired = director.sign_desired_payload
+        sign_command = director.sign_command
         tuf_service = TufService(
             TufRepository(settings.keys_dir),
             lambda topic, payload: gateway.client.publish(topic, payload, qos=1, retain=True),
@@ -105,7 +110,10 @@ def build_context(settings: Settings) -> ServerContext:
     uploads = EngineUploads(engine, store, add_targets=(
         tuf_service.add_targets if tuf_service is not None else None))
     gateway.on_upload = uploads.handle
-    return ServerContext(settings, engine, store, metrics, gateway, broker, tuf_service)
+    commands = Commands(
+        engine, lambda topic, payload: gateway.client.publish(topic, payload, qos=1), sign_command
+    )
+    return ServerContext(settings, engine, store, metrics, gateway, broker, tuf_service, commands)
 
 
 def _start(context: ServerContext) -> None:
@@ -195,11 +203,22 @@ def create_app(settings: Settings) -> FastAPI:
         leader=lease.held,
     )
     broadcaster = make_broadcaster(settings, context)
+    retention_lease = LeaseKeeper(
+        context.engine, RETENTION_LEASE, settings.mqtt_client_id, settings.lease_ttl
+    )
+    retention = Retention(
+        context.engine,
+        settings.telemetry_raw_retention_s,
+        settings.telemetry_rollup_retention_s,
+        interval=settings.telemetry_retention_interval,
+        leader=retention_lease.held,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(_start, context)
         rollouts.start()  # after _start: the tables exist
+        retention.start()
         if broadcaster is not None:
             broadcaster.start()
         logger.info("fleet server ready (data in %s)", settings.data_dir)
@@ -208,6 +227,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await run_in_threadpool(rollouts.stop)
             await run_in_threadpool(lease.release)
+            await run_in_threadpool(retention.stop)
+            await run_in_threadpool(retention_lease.release)
             if broadcaster is not None:
                 await run_in_threadpool(broadcaster.stop)
             await run_in_threadpool(_stop, context)
@@ -222,6 +243,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.context = context
     app.state.rollouts = rollouts
     app.state.broadcaster = broadcaster
+    app.state.retention = retention
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(FleetServerError, _server_error)
     app.include_router(api_router())

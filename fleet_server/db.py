@@ -14,7 +14,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import SQLModel, create_engine
 
-from fleet_server import lease, models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from fleet_server import commands, lease, models, retention  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 logger = logging.getLogger(__name__)
 

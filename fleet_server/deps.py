@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlmodel import Session
 
+from fleet_server.commands import Commands
 from fleet_server.context import ServerContext
 from fleet_server.rollouts import RolloutController
 
@@ -32,3 +33,11 @@ def get_rollouts(request: Request) -> RolloutController:
 
 
 RolloutsDep = Annotated[RolloutController, Depends(get_rollouts)]
+
+
+def get_commands(context: Annotated[ServerContext, Depends(get_context)]) -> Commands:
+    assert context.commands is not None  # build_context sets it
+    return context.commands
+
+
+CommandsDep = Annotated[Commands, Depends(get_commands)]

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     ota_broadcast_window: float = Field(default=1.0, ge=0, le=60)
     ota_broadcast_min_devices: int = Field(default=2, ge=1)
     ota_broadcast_cooldown: float = Field(default=30.0, ge=0, le=86_400)
+    # Telemetry retention (fleet_server/retention.py): raw samples for this long, then
+    # 5-minute rollups, kept this long; the job runs every interval on one replica.
+    telemetry_raw_retention_s: float = Field(default=172_800.0, gt=0)
+    telemetry_rollup_retention_s: float = Field(default=90 * 86_400.0, gt=0)
+    telemetry_retention_interval: float = Field(default=600.0, gt=0, le=86_400)
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

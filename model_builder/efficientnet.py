@@ -202,12 +202,47 @@ PHOTOS: tuple[Photo, ...] = (
     Photo("rocket", ("missile", "projectile", "space_shuttle")),
 )
 
+# Every other photo the installed packages ship (``skimage.data``; ``sklearn:`` names
+# scikit-learn's sample images). Disjoint from :data:`PHOTOS` (``skimage.data.cat`` is
+# chelsea, so it is left out): the unlabelled distillation transfer set is drawn from
+# these, the fidelity crops from :data:`PHOTOS`.
+TRANSFER_PHOTOS: tuple[str, ...] = (
+    "astronaut",
+    "brick",
+    "camera",
+    "cell",
+    "clock",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "microaneurysms",
+    "moon",
+    "page",
+    "retina",
+    "text",
+    "sklearn:china.jpg",
+    "sklearn:flower.jpg",
+)
+
 
 def load_photo(name: str) -> np.ndarray:
-    """An RGB uint8 HxWx3 photo from ``skimage.data`` (bundled files, no download)."""
-    import skimage.data
+    """An RGB uint8 HxWx3 photo from ``skimage.data`` (bundled files, no download), or
+    ``sklearn:<file>``, one of scikit-learn's sample images."""
+    if name.startswith("sklearn:"):
+        from sklearn.datasets import load_sample_image
 
-    img = np.asarray(getattr(skimage.data, name)())
+        img = np.asarray(load_sample_image(name.partition(":")[2]))
+    else:
+        import skimage.data
+
+        img = np.asarray(getattr(skimage.data, name)())
+    if img.dtype == np.bool_:
+        img = img.astype(np.uint8) * 255
     if img.ndim == 2:
         img = np.stack([img] * 3, axis=-1)
     return np.ascontiguousarray(img[..., :3])
@@ -260,3 +295,37 @@ def photo_crops(seed: int, per_photo: int) -> tuple[np.ndarray, np.ndarray]:
                 )
             idx.append(i)
     return np.concatenate(xs).astype(np.float32), np.asarray(idx, dtype=np.int64)
+
+
+def transfer_crops(seed: int, per_photo: int) -> np.ndarray:
+    """Unlabelled distillation inputs: ``per_photo`` random-resized crops of every photo in
+    :data:`TRANSFER_PHOTOS` (area 8..100 %, aspect 3/4..4/3, flipped half the time),
+    resized to 224 (bilinear, anti-aliased) and normalised like :func:`preprocess`.
+    Deterministic for ``seed``; (N, 3, 224, 224) float32."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(TRANSFER_PHOTOS) * per_photo, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    n = 0
+    for name in TRANSFER_PHOTOS:
+        img = torch.from_numpy(load_photo(name).copy()).permute(2, 0, 1).float()
+        if min(img.shape[1:]) > 2 * IMAGE_SIZE:  # large photos: shrink once, crop faster
+            scale = 2 * IMAGE_SIZE / min(img.shape[1:])
+            img = F.interpolate(img[None], scale_factor=scale, mode="bilinear", antialias=True)[0]
+        h, w = int(img.shape[1]), int(img.shape[2])
+        for _ in range(per_photo):
+            area = h * w * float(rng.uniform(0.08, 1.0))
+            aspect = math.exp(float(rng.uniform(math.log(3 / 4), math.log(4 / 3))))
+            ch = min(h, max(8, round(math.sqrt(area / aspect))))
+            cw = min(w, max(8, round(math.sqrt(area * aspect))))
+            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            crop = F.interpolate(
+                img[None, :, top : top + ch, left : left + cw],
+                size=(IMAGE_SIZE, IMAGE_SIZE),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )[0]
+            if rng.random() < 0.5:
+                crop = crop.flip(-1)
+            out[n] = ((crop.clamp(0, 255) - MEAN) / STD).numpy()
+            n += 1
+    return out

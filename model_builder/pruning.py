@@ -54,6 +54,32 @@ def _importance(name: str) -> Any:
     raise PruningError(f"unknown pruning importance {name!r} (use l1 or l2)")
 
 
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass of ``example`` through every Conv and
+    Linear module (hooks on the module call, so Conv2d subclasses that override
+    ``forward``, like EfficientNet's ``SameConv2d``, count too)."""
+    total = 0
+
+    def hook(module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        w = module.weight  # Conv: (out, in / groups, *k); Linear: (out, in)
+        assert isinstance(w, torch.Tensor)
+        total += int(out.numel()) * int(w[0].numel())
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
 def check_ratio(ratio: float | None, macs_target: float | None) -> None:
     if (ratio is None) == (macs_target is None):
         raise PruningError("pruning needs exactly one of ratio or macs_target")
@@ -84,7 +110,7 @@ def prune(
         raise PruningError(f"ignored_layers names modules the model does not have: {unknown}")
     ignored = [modules[n] for n in ignored_layers]
     model.eval()
-    macs0, params0 = tp.utils.count_ops_and_params(model, example)
+    macs0, params0 = count_macs(model, example), _params(model)
     steps = iterative_steps if ratio is not None else MAX_MACS_STEPS
     target_ratio = ratio if ratio is not None else 0.95
     try:
@@ -103,7 +129,7 @@ def prune(
         for _ in range(steps):
             pruner.step()
             done += 1
-            macs, _params = tp.utils.count_ops_and_params(model, example)
+            macs = count_macs(model, example)
             if macs_target is not None and macs <= macs_target * macs0:
                 break
         with torch.no_grad():
@@ -116,7 +142,7 @@ def prune(
         raise PruningError(
             f"could not reach macs_target {macs_target}: stopped at {macs / macs0:.3f} of the MACs"
         )
-    macs1, params1 = tp.utils.count_ops_and_params(model, example)
+    macs1, params1 = count_macs(model, example), _params(model)
     if params1 >= params0:
         raise PruningError("pruning removed no parameters (are all layers ignored?)")
     report = PruneReport(
@@ -131,6 +157,10 @@ def prune(
     )
     log.info("pruned %s -> %s params, %s -> %s MACs", params0, params1, macs0, macs1)
     return model, report
+
+
+def _params(model: nn.Module) -> int:
+    return sum(int(p.numel()) for p in model.parameters())
 
 
 def load_pruned(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -6,6 +6,11 @@
   ``ActivationSymmetric``/``WeightSymmetric``): what TensorRT takes as explicit quantization.
 
 The model is first run through ``quant_pre_process`` (shape inference + graph optimisation).
+On EfficientNet-Lite0 the U8S8 QDQ graph fuses completely in ORT (ORT_ENABLE_ALL): 49
+QLinearConv (ReLU6 folded into the output range), 9 QLinearAdd, 1 QGemm; only the global
+average pool (ReduceMean) runs in float between one DequantizeLinear/QuantizeLinear pair.
+QOperator format gives the same optimised graph; reduce_range the same kernels; per-tensor
+weights lose top-1 agreement (depthwise convs) without being faster.
 An accuracy guard compares each variant with FP32 and tries the configured remedies
 when the drop exceeds the budget; :func:`int8_precision` checks a model really is INT8.
 """

@@ -53,13 +53,16 @@ def _effnet_model(weights: str | Path | None) -> nn.Module:
 
 
 def effnet_data(seed: int) -> DataBundle:
-    """Photo crops: fidelity (16 per photo, ``seed``), calibration and unlabelled
-    distillation sets from other seeds. No labelled eval set (accuracy is n/a)."""
-    from model_builder.efficientnet import PHOTOS, imagenet_labels, photo_crops
+    """Photo crops: fidelity (16 per photo of :data:`PHOTOS`, ``seed``) and calibration
+    (same photos, ``seed + 1``); the unlabelled distillation transfer set is 50
+    random-resized crops of each of the 20 *other* bundled photos (``TRANSFER_PHOTOS``,
+    ``seed + 2``), so distillation never sees a fidelity photo. No labelled eval set
+    (accuracy is n/a)."""
+    from model_builder.efficientnet import PHOTOS, imagenet_labels, photo_crops, transfer_crops
 
     fid, idx = photo_crops(seed, 16)
     cal, _ = photo_crops(seed + 1, 16)
-    train, _ = photo_crops(seed + 2, 24)
+    train = transfer_crops(seed + 2, 50)
     return DataBundle(
         calibration=cal,
         fidelity=fid,

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from fleet_server.deps import SessionDep
+from fleet_server.commands import CommandCreate, DeviceCommandPublic, recent_commands
+from fleet_server.deps import CommandsDep, SessionDep
 from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
 from fleet_server.models import Assignment, AssignmentPublic, Device, DeviceCreate, DevicePublic
 
@@ -80,3 +81,21 @@ def device_assignments(
         .order_by(col(Assignment.sequence).desc())
         .limit(limit)
     ).all()
+
+
+@router.post(
+    "/{device_id}/commands", response_model=DeviceCommandPublic, status_code=status.HTTP_201_CREATED
+)
+def send_command(device_id: str, body: CommandCreate, commands: CommandsDep) -> Any:
+    """Sign and publish a command on ``d/{id}/cmd`` with the device's next command sequence."""
+    return commands.publish_command(device_id, body.command, body.args)
+
+
+@router.get("/{device_id}/commands", response_model=list[DeviceCommandPublic])
+def device_commands(
+    device_id: str, session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> Any:
+    """The device's commands, newest (highest sequence) first."""
+    if session.get(Device, device_id) is None:
+        raise NotFoundError(f"device {device_id!r} does not exist")
+    return recent_commands(session, device_id, limit)

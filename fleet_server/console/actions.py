@@ -172,6 +172,23 @@ def rollback(
     return back(url, msg=f"Assigned {target} again (a new, higher sequence).")
 
 
+_CONSOLE_COMMANDS = {"restart-runtime": "Restart runtime", "resync": "Resync"}
+
+
+@router.post("/devices/{device_id}/command")
+def device_command(
+    device_id: str, me: OperatorAction, context: ContextDep, command: FormText
+) -> Response:
+    """The device page's signed-command buttons (fleet_server/commands.py)."""
+    url = f"/console/devices/{device_id}"
+    if command not in _CONSOLE_COMMANDS or context.commands is None:
+        _audit(context, me.name, "device.command", device_id, 422, command=command[:32])
+        return back(url, error=f"Unknown command {command[:32]!r}.")
+    sent = context.commands.publish_command(device_id, command, {})  # type: ignore[arg-type]
+    _audit(context, me.name, "device.command", device_id, command=command, sequence=sent.sequence)
+    return back(url, msg=f"{_CONSOLE_COMMANDS[command]} sent (command sequence {sent.sequence}).")
+
+
 @router.post("/models/upload")
 async def upload(request: Request, me: OperatorAction, context: ContextDep) -> Response:
     tmp = context.store.new_temp()

@@ -252,12 +252,16 @@ def test_device_chart_marks_a_revert_live(live: Live, browser: Browser) -> None:
     )
     expect(page.locator('[data-testid="device-status"]')).to_have_text("degraded")
     expect(page.locator('[data-testid="rollback"]')).to_be_enabled()
-    expect(page.locator('[data-testid="restart"]')).to_be_disabled()
+    expect(page.locator('[data-testid="restart"]')).to_be_enabled()
     page.screenshot(path=SHOTS / "device-revert.png", full_page=True)
     page.locator('[data-testid="rollback"]').click()
     expect(page.locator(".flash.ok")).to_contain_text("Assigned digits-1 again")
     live.sims["cam-1"].wait_desired(1)
     assert live.sims["cam-1"].desired[-1].release == "digits-1"
+    page.locator('[data-testid="restart"]').click()
+    expect(page.locator(".flash.ok")).to_contain_text("Restart runtime sent (command sequence 1)")
+    page.locator('[data-testid="resync"]').click()
+    expect(page.locator(".flash.ok")).to_contain_text("Resync sent (command sequence 2)")
     assert errors == []
 
 
