@@ -206,8 +206,9 @@ class Activator:
         self.on_change()
         return True
 
-    def reload(self) -> bool:
-        """Load the active engine again (``restart-runtime``)."""
+    def reload(self, reason: str | None = "operator command") -> bool:
+        """Load the active engine again (``restart-runtime``); ``reason`` None: the caller
+        (the watchdog) reports the restart itself."""
         st = self.state
         if st.active_sha256 is None:
             return False
@@ -217,6 +218,10 @@ class Activator:
             logger.error("reloading %s failed: %s", st.active_release, exc)
             return self.revert(f"runtime restart failed: {exc}")
         self.engines.swap(engine)
+        if reason is not None:
+            self.emit(EventType.SELF_HEAL, sha256=st.active_sha256, release=st.active_release,
+                      message=f"runtime restarted: {reason}",
+                      data={"action": "restart", "reason": reason})
         return True
 
     # -- helpers -----------------------------------------------------------------------

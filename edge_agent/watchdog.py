@@ -215,7 +215,7 @@ class Watchdog:
             heal.restarts = [*recent, wall][-RESTARTS_KEPT:]
             self.restarts += 1
             self._action(rule, "restart", float(len(recent) + 1), numbers)
-            self.activator.reload()
+            self.activator.reload(reason=None)
         elif in_trial:
             self._crashes_seen[sha] = crashes
             self._revert(rule, float(len(recent)), numbers)

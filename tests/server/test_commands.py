@@ -163,6 +163,12 @@ def test_restart_runtime_reloads_a_real_agent_which_keeps_serving(
             10,
         )
         assert agent.alive()
+
+        def restart_reported() -> bool:
+            events = server.api("GET", "/api/v1/events?device_id=cmd-1&type=selfheal.action")
+            return any(e["data"].get("action") == "restart" for e in events)
+
+        wait_until("the server saw the runtime restart", restart_reported, 20)
         assert np.allclose(_infer(agent.api_url()), before)
         device = server.api("GET", "/api/v1/devices/cmd-1")
         assert device["serving"]
