@@ -54,45 +54,18 @@ def build_engine(
 ) -> bytes:
     """Build a serialized engine from (QDQ INT8) ONNX; :class:`EngineError` if TensorRT can't.
 
-    Same approach as ``model_builder.tensorrt``: a strongly typed network (TensorRT 10:
-    the QDQ nodes fix the precisions, so ``fp16`` only applies to TensorRT 8's INT8 flag
-    path) and one optimization profile of batch 1 / 1 / ``max_batch`` for dynamic inputs.
+    The build itself is ``jetson.engine.build_serialized_engine`` (shared with the
+    model builder).
     """
-    trt = trt_module
-    logger_ = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger_)
-    strongly_typed = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
-    if strongly_typed:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    else:  # TensorRT 8.x: explicit batch; QDQ models need the INT8 flag
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger_)
-    if not parser.parse(onnx_bytes):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineError(f"TensorRT cannot parse the ONNX model: {'; '.join(errors)}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if not strongly_typed:
-        config.set_flag(trt.BuilderFlag.INT8)
-        if fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
-    inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    dynamic = [t for t in inputs if any(int(d) < 0 for d in t.shape)]
-    if dynamic:
-        profile = builder.create_optimization_profile()
-        for tensor in dynamic:
-            dims = [int(d) for d in tensor.shape]
-            if any(d < 0 for d in dims[1:]):
-                raise EngineError(f"input {tensor.name!r} {dims}: only the batch axis may be "
-                                  "dynamic for an on-device build")
-            rest = tuple(dims[1:])
-            profile.set_shape(tensor.name, (1, *rest), (1, *rest), (max_batch, *rest))
-        config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineError("TensorRT failed to build the engine (see the TensorRT log)")
-    return bytes(serialized)
+    from jetson.engine import build_serialized_engine
+    from jetson.errors import EngineBuildError
+
+    try:
+        return build_serialized_engine(
+            onnx_bytes, trt_module, fp16=fp16, workspace_mb=workspace_mb, max_batch=max_batch
+        )
+    except EngineBuildError as exc:
+        raise EngineError(str(exc)) from exc
 
 
 def gpu_engine_key(trt_module: Any, cuda_module: Any, device: int = 0) -> str:
@@ -232,15 +205,22 @@ class EngineCache:
                 try:
                     backend, error = self._check(plan, golden)
                 except EngineError as exc:
-                    logger.warning("cached engine %s is unusable (%s); removing and rebuilding",
-                                   self.path(sha), exc)
+                    logger.warning(
+                        "cached engine %s is unusable (%s); removing and rebuilding",
+                        self.path(sha),
+                        exc,
+                    )
                     self.remove(sha)
                 else:
                     return CachedEngine(backend, self.path(sha), "cache", error)
             logger.info("building a TensorRT engine for %s on %s", sha[:12], self.engine_key)
-            plan = self._builder(onnx_bytes, self._trt_module(), fp16=self.fp16,
-                                 workspace_mb=self.workspace_mb,
-                                 max_batch=max(self.max_batch, _batch(golden)))
+            plan = self._builder(
+                onnx_bytes,
+                self._trt_module(),
+                fp16=self.fp16,
+                workspace_mb=self.workspace_mb,
+                max_batch=max(self.max_batch, _batch(golden)),
+            )
             try:
                 backend, error = self._check(plan, golden)
             except EngineError:
@@ -249,8 +229,12 @@ class EngineCache:
             return CachedEngine(backend, self.store(sha, plan), "built", error)
 
     def load_package_engine(
-        self, package_path: Path, sha256: str, release: str | None,
-        *, assigned: bytes | None = None,
+        self,
+        package_path: Path,
+        sha256: str,
+        release: str | None,
+        *,
+        assigned: bytes | None = None,
     ) -> Engine:
         """:func:`edge_agent.engine.load_engine` for ``backend: tensorrt``: the package's
         ``tensorrt`` variant through this cache. :class:`ActivationError` on failure."""
@@ -268,13 +252,22 @@ class EngineCache:
         onnx_sha = hashlib.sha256(onnx).hexdigest()
         self.onnx_of[sha256] = onnx_sha
         if self.on_loaded is not None:
-            self.on_loaded(EngineLoaded(
-                package_sha256=sha256, release=release, onnx_sha256=onnx_sha,
-                engine_key=self.engine_key, source=cached.source, path=cached.path,
-                plan_sha256=_file_sha256(cached.path), seconds=time.monotonic() - started,
-                assigned_refused=assigned is not None and cached.source != "assigned"))
-        return Engine(cached.backend, sha256=sha256, release=release, golden=golden,
-                      card=package.card)
+            self.on_loaded(
+                EngineLoaded(
+                    package_sha256=sha256,
+                    release=release,
+                    onnx_sha256=onnx_sha,
+                    engine_key=self.engine_key,
+                    source=cached.source,
+                    path=cached.path,
+                    plan_sha256=_file_sha256(cached.path),
+                    seconds=time.monotonic() - started,
+                    assigned_refused=assigned is not None and cached.source != "assigned",
+                )
+            )
+        return Engine(
+            cached.backend, sha256=sha256, release=release, golden=golden, card=package.card
+        )
 
     def _trt_module(self) -> Any:
         if self._trt is None:
@@ -289,8 +282,10 @@ class EngineCache:
             backend.load(plan, threads=1)
             specs = {s.name: s for s in backend.inputs}
             if set(specs) != set(golden.inputs):
-                raise EngineError(f"engine inputs {sorted(specs)} are not the golden "
-                                  f"vectors' {sorted(golden.inputs)}")
+                raise EngineError(
+                    f"engine inputs {sorted(specs)} are not the golden "
+                    f"vectors' {sorted(golden.inputs)}"
+                )
             inputs = {n: specs[n].check(np.asarray(v)) for n, v in golden.inputs.items()}
             result = golden.compare(backend.run(inputs))
         except EngineError:

@@ -4,7 +4,14 @@ sd_notify, and the on-device install script and systemd unit (``install.sh``,
 
 from __future__ import annotations
 
-from jetson.errors import JetsonError, NvmlError, ProfileError, TegrastatsError
+from jetson.engine import build_serialized_engine
+from jetson.errors import (
+    EngineBuildError,
+    JetsonError,
+    NvmlError,
+    ProfileError,
+    TegrastatsError,
+)
 from jetson.gpu import GpuProvider, JetsonProvider, NoGpuProvider, NvmlProvider, select_provider
 from jetson.profile import (
     JETPACK_BY_L4T,
@@ -35,6 +42,7 @@ __all__ = [
     "CpuCore",
     "DeviceProfile",
     "Engine",
+    "EngineBuildError",
     "GpuProvider",
     "JetsonError",
     "JetsonProvider",
@@ -53,6 +61,7 @@ __all__ = [
     "TegrastatsReader",
     "TegrastatsSample",
     "ThermalZone",
+    "build_serialized_engine",
     "detect_profile",
     "jetpack_for",
     "module_for",

@@ -3,7 +3,8 @@
     JetsonError
     ├── TegrastatsError   the tegrastats tool cannot be started
     ├── ProfileError      a release/version file that is malformed
-    └── NvmlError         NVML (pynvml) is missing or fails to initialise
+    ├── NvmlError         NVML (pynvml) is missing or fails to initialise
+    └── EngineBuildError  TensorRT cannot parse the ONNX model or build an engine
 
 Parsers of tegrastats lines and sysfs files never raise: they report what they
 could not read (``unparsed`` tokens, ``None`` fields) instead.
@@ -26,3 +27,7 @@ class ProfileError(JetsonError):
 
 class NvmlError(JetsonError):
     """pynvml is not importable, or NVML fails to initialise or find the device."""
+
+
+class EngineBuildError(JetsonError):
+    """TensorRT cannot parse the ONNX model or build an engine from it."""

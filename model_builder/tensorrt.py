@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 from model_builder.errors import TensorRTError, TensorRTUnavailable
 
@@ -70,49 +69,19 @@ def build_engine(onnx_model: bytes, *, fp16: bool = False, workspace_mib: int = 
     """Parse the (QDQ INT8) ONNX and build a serialized engine; checks it deserializes."""
     trt = _import_trt()
     profile = hardware_profile(str(trt.__version__))
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    strongly_typed = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
-    if strongly_typed:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    else:  # TensorRT 8.x: explicit batch; QDQ models need the INT8 flag
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_model):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise TensorRTError(f"TensorRT cannot parse the ONNX model: {'; '.join(errors)}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    if not strongly_typed:
-        config.set_flag(trt.BuilderFlag.INT8)
-        if fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
-    _add_batch_profile(trt, builder, network, config)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise TensorRTError("TensorRT failed to build the engine (see the TensorRT log)")
+    from jetson.engine import build_serialized_engine
+    from jetson.errors import EngineBuildError
+
+    try:
+        serialized = build_serialized_engine(onnx_model, trt, fp16=fp16, workspace_mb=workspace_mib)
+    except EngineBuildError as exc:
+        raise TensorRTError(str(exc)) from exc
     data = bytes(serialized)
     check_engine(data)
     major_minor = profile.split("-")[0]
     return Engine(
         engine=data, profile=profile, sm=major_minor, trt_version=str(trt.__version__), fp16=fp16
     )
-
-
-def _add_batch_profile(
-    trt: Any, builder: Any, network: Any, config: Any, max_batch: int = 8
-) -> None:
-    """Dynamic batch inputs need an optimisation profile (1 / 1 / max_batch)."""
-    inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    dynamic = [t for t in inputs if any(d < 0 for d in t.shape)]
-    if not dynamic:
-        return
-    prof = builder.create_optimization_profile()
-    for t in dynamic:
-        rest = tuple(int(d) for d in t.shape)[1:]
-        prof.set_shape(t.name, (1, *rest), (1, *rest), (max_batch, *rest))
-    config.add_optimization_profile(prof)
 
 
 def check_engine(engine: bytes) -> None:
