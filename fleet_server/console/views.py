@@ -151,18 +151,20 @@ def event_types(session: Session) -> list[str]:
 
 
 def rollback_target(session: Session, device: Device) -> str | None:
-    """The release an operator rollback assigns: known-good, else the previous one assigned."""
+    """The release an operator rollback assigns: known-good, else the latest earlier release
+    the device ran (not one it failed or reverted from); None if there is none."""
     current = device.active_release
     if device.known_good_release and device.known_good_release != current:
         return device.known_good_release
     history = session.exec(
-        select(Assignment.release)
+        select(Assignment.release, Assignment.status)
         .where(Assignment.device_id == device.id)
         .order_by(col(Assignment.sequence).desc())
         .limit(50)
     ).all()
-    for name in history:
-        if name != current:
+    for name, status in history:
+        # never "roll back" onto a release this device failed or reverted from
+        if name != current and status not in ("failed", "reverted"):
             exists = session.exec(select(Release.id).where(Release.name == name)).first()
             if exists is not None:
                 return str(name)
