@@ -181,7 +181,7 @@ def ota() -> list[str]:
             "time to first s",
             "time to all s",
             "egress × package",
-            "repair blocks",
+            "blocks requested (held or unicast)",
         ],
         [
             [
