@@ -96,6 +96,7 @@ class ServerProc(Proc):
         database_url = database_url or database_for(str(workdir.resolve()))
         if database_url:
             env["JETFLEET_DATABASE_URL"] = database_url
+        self.database_url = database_url  # None: SQLite under the data dir
         env.update(extra_env or {})
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(
@@ -105,11 +106,13 @@ class ServerProc(Proc):
             workdir / "server.log",
         )
 
-    def api(self, method: str, path: str, payload: Any = None) -> Any:
+    def api(self, method: str, path: str, payload: Any = None, token: str | None = None) -> Any:
         data = json.dumps(payload).encode() if payload is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
         with urllib.request.urlopen(req, timeout=10) as resp:
             body = resp.read()
         return json.loads(body) if body else None
