@@ -184,3 +184,25 @@ def test_mutations_are_audited(secured: TestClient) -> None:
     assert created.details["body"] == {"id": "cam-1"}
     listed = secured.get("/api/v1/audit", headers=bearer(secured, "ada")).json()
     assert listed[0]["ts"] >= listed[-1]["ts"]
+
+
+def test_tuf_metadata_is_public_over_http(tmp_path: Path, mosquitto: MosquittoBroker) -> None:
+    """Devices fetch TUF metadata without an API token; it is signed, not secret."""
+    import json
+
+    from fleet_server.keys import init_keys
+
+    init_keys(tmp_path / "keys")
+    settings = make_settings(
+        tmp_path, broker_url=mosquitto.url, auth_enabled=True, keys_dir=tmp_path / "keys"
+    )
+    with TestClient(create_app(settings)) as client:
+        timestamp = client.get("/tuf/timestamp.json")
+        assert timestamp.status_code == 200
+        assert json.loads(timestamp.content)["signed"]["_type"] == "timestamp"
+        root = client.get("/tuf/1.root.json")
+        assert root.status_code == 200
+        assert json.loads(root.content)["signed"]["_type"] == "root"
+        assert client.get("/tuf/../settings.py").status_code == 404
+        assert client.get("/tuf/99.root.json").status_code == 404
+        assert client.get("/api/v1/devices").status_code == 401  # the API stays closed
