@@ -36,6 +36,7 @@ from typing import Any
 from fleet_server.artifacts import ArtifactStore
 from fleet_server.errors import ArtifactError
 from fleet_server.metrics import ServerMetrics
+from fleet_server.worker import Periodic
 from jetfleet import topics
 from jetfleet.frames import encode_frame
 from jetfleet.messages import FetchRequest
@@ -87,8 +88,7 @@ class Broadcaster:
         self.broadcasts = 0
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Periodic("jetfleet-broadcast", 0.05, self.poll, run_first=False)
 
     # -- called by the gateway's fetch thread ------------------------------------------
     def admit(
@@ -113,19 +113,10 @@ class Broadcaster:
 
     # -- thread ------------------------------------------------------------------------
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="jetfleet-broadcast", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.poll()
+        self._worker.stop(timeout)
 
     def poll(self) -> None:
         """Close every collection window that is due: broadcast or hand back to unicast."""
@@ -168,8 +159,8 @@ class Broadcaster:
                 info = self.publish(topic, frame)
                 self.metrics.egress_bytes.labels(mode="broadcast").inc(len(frame))
             if info is not None:
-                _wait(info, self._stop)
-            if self._stop.is_set():
+                _wait(info, self._worker.stop_event)
+            if self._worker.stopping:
                 return
         self.broadcasts += 1
 

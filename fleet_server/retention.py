@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,14 +37,22 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from fleet_server.ingest import TELEMETRY_TABLE
 from fleet_server.models import Telemetry
+from fleet_server.worker import Periodic
 
 logger = logging.getLogger(__name__)
 
 BUCKET_S = 300
 SLICE_S = 900  # raw rows rolled up (and deleted) per transaction, all devices
 DELETE_CHUNK = 500
-MEAN_FIELDS = ("cpu_pct", "mem_pct", "mem_used_mb", "gpu_load_pct", "gpu_temp_c",
-               "gpu_power_mw", "p95_ms")
+MEAN_FIELDS = (
+    "cpu_pct",
+    "mem_pct",
+    "mem_used_mb",
+    "gpu_load_pct",
+    "gpu_temp_c",
+    "gpu_power_mw",
+    "p95_ms",
+)
 
 
 class TelemetryRollupBase(SQLModel):
@@ -124,14 +131,18 @@ def _merge_mean(old: float | None, n_old: int, new: float | None, n_new: int) ->
 def _apply(rollup: TelemetryRollup, bucket: _Bucket) -> None:
     n_old = rollup.samples
     for name in MEAN_FIELDS:
-        setattr(rollup, name, _merge_mean(getattr(rollup, name), n_old,
-                                          bucket.mean(name), bucket.samples))
+        setattr(
+            rollup,
+            name,
+            _merge_mean(getattr(rollup, name), n_old, bucket.mean(name), bucket.samples),
+        )
     rollup.samples = n_old + bucket.samples
     rollup.inference_count += bucket.inference_count
     rollup.inference_errors += bucket.inference_errors
     if bucket.p95_max is not None:
-        rollup.p95_ms_max = (bucket.p95_max if rollup.p95_ms_max is None
-                             else max(rollup.p95_ms_max, bucket.p95_max))
+        rollup.p95_ms_max = (
+            bucket.p95_max if rollup.p95_ms_max is None else max(rollup.p95_ms_max, bucket.p95_max)
+        )
     if bucket.last_ts >= rollup.last_ts:
         rollup.last_ts, rollup.release = bucket.last_ts, bucket.release
 
@@ -166,29 +177,24 @@ class Retention:
         self.interval = interval
         self.clock = clock
         self.leader = leader
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Periodic(
+            "retention",
+            lambda: self.interval,
+            self._step,
+            errors=(SQLAlchemyError,),
+            run_first=False,
+        )
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._worker.stop(timeout)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                result = self.run_once()
-            except SQLAlchemyError as exc:
-                logger.warning("telemetry retention failed, retrying next interval: %s", exc)
-                continue
-            if result.rolled_up or result.expired_rollups:
-                logger.info("telemetry retention: %s", result)
+    def _step(self) -> None:
+        result = self.run_once()
+        if result.rolled_up or result.expired_rollups:
+            logger.info("telemetry retention: %s", result)
 
     def _leading(self) -> bool:
         return self.leader is None or self.leader()
@@ -198,7 +204,7 @@ class Retention:
         now = self.clock()
         cutoff = rollup_cutoff(now, self.raw_retention_s)
         rolled = buckets = 0
-        while not self._stop.is_set() and self._leading():
+        while not self._worker.stopping and self._leading():
             with Session(self.engine) as session:
                 oldest = session.exec(
                     select(func.min(col(Telemetry.ts))).where(col(Telemetry.ts) < cutoff)
@@ -227,12 +233,21 @@ class Retention:
 
 def _roll_slice(session: Session, end: float) -> tuple[int, int]:
     """Roll every raw row with ``ts < end`` into buckets and delete it (caller commits)."""
-    names = ("id", "device_id", "ts", "inference_count", "inference_errors", "release",
-             *MEAN_FIELDS)
+    names = (
+        "id",
+        "device_id",
+        "ts",
+        "inference_count",
+        "inference_errors",
+        "release",
+        *MEAN_FIELDS,
+    )
     table = TELEMETRY_TABLE
-    rows = session.connection().execute(
-        sa_select(*(table.c[name] for name in names)).where(table.c.ts < end)
-    ).all()
+    rows = (
+        session.connection()
+        .execute(sa_select(*(table.c[name] for name in names)).where(table.c.ts < end))
+        .all()
+    )
     grouped: dict[tuple[str, float], _Bucket] = {}
     for row in rows:
         key = (row.device_id, math.floor(row.ts / BUCKET_S) * BUCKET_S)

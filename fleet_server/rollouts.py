@@ -45,6 +45,7 @@ from fleet_server.rollout_models import (
     format_selector,
 )
 from fleet_server.waves import parse_waves, plan_waves
+from fleet_server.worker import Periodic
 
 logger = logging.getLogger(__name__)
 
@@ -137,35 +138,20 @@ class RolloutController:
         self.clock = clock
         self.interval = interval
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Periodic(
+            "rollouts", lambda: self.interval, self.tick, errors=(SQLAlchemyError, FleetServerError)
+        )
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._worker.stop(timeout)
 
     def wake(self) -> None:
         """Tick now instead of at the next interval (after a create or resume)."""
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except (SQLAlchemyError, FleetServerError) as exc:
-                logger.warning("rollout tick failed, retrying next tick: %s", exc)
-            self._wake.wait(self.interval)
-            self._wake.clear()
+        self._worker.wake()
 
     # -- one tick ---------------------------------------------------------------------
     def tick(self) -> None:

@@ -46,6 +46,7 @@ from fleet_server.keys import (
     utc,
     write_file,
 )
+from fleet_server.worker import Periodic
 from jetfleet import topics
 from jetfleet.canonical import canonical_json
 from jetfleet.package import PACKAGE_SUFFIX
@@ -85,8 +86,11 @@ class TufRepository:
             return None
 
     def _load(self, role: str) -> Metadata[Any]:
-        name = "timestamp.json" if role == Timestamp.type else (
-            f"{latest_version(self.metadata_dir, role)}.{role}.json")
+        name = (
+            "timestamp.json"
+            if role == Timestamp.type
+            else (f"{latest_version(self.metadata_dir, role)}.{role}.json")
+        )
         try:
             return Metadata.from_file(str(self.metadata_dir / name))
         except (OSError, DeserializationError) as exc:
@@ -109,8 +113,9 @@ class TufRepository:
         roots = [data.decode("utf-8") for data in self.root_versions()]
         out = {Root.type: canonical_json({"v": 1, "roots": roots})}
         for role in (Targets.type, Snapshot.type):
-            out[role] = (self.metadata_dir /
-                         f"{latest_version(self.metadata_dir, role)}.{role}.json").read_bytes()
+            out[role] = (
+                self.metadata_dir / f"{latest_version(self.metadata_dir, role)}.{role}.json"
+            ).read_bytes()
         out[Timestamp.type] = (self.metadata_dir / "timestamp.json").read_bytes()
         return out
 
@@ -167,8 +172,11 @@ class TufRepository:
                     break  # _cascade re-signed everything above it
             root = self._load(Root.type)
             if root.signed.expires - now <= self.expiry.root / 12:
-                logger.warning("TUF root expires at %s; sign a new one with the offline key "
-                               "(`jetfleet keys rotate --role root`)", root.signed.expires)
+                logger.warning(
+                    "TUF root expires at %s; sign a new one with the offline key "
+                    "(`jetfleet keys rotate --role root`)",
+                    root.signed.expires,
+                )
         return done
 
     def resign_locked(self, role: str) -> None:
@@ -221,8 +229,9 @@ class TufService:
         self.interval = interval
         self._sent: dict[str, bytes] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Periodic(
+            "jetfleet-tuf", lambda: self.interval, self.tick, errors=(TrustError, OSError)
+        )
 
     def publish_all(self) -> list[str]:
         """Publish every role whose payload changed since the last call; return them."""
@@ -251,24 +260,10 @@ class TufService:
         return self.publish_all()
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="jetfleet-tuf", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.tick()
-            except (TrustError, OSError) as exc:
-                logger.error("TUF refresh failed: %s", exc)
-            if self._stop.wait(self.interval):
-                return
+        self._worker.stop(timeout)
 
 
 def describe(repo: TufRepository) -> dict[str, Any]:
@@ -288,5 +283,7 @@ def package_targets(engine: Engine) -> list[tuple[str, str, int]]:
     from fleet_server.models import Package
 
     with Session(engine) as session:
-        return [(package_target(p.sha256), p.sha256, p.length)
-                for p in session.exec(select(Package)).all()]
+        return [
+            (package_target(p.sha256), p.sha256, p.length)
+            for p in session.exec(select(Package)).all()
+        ]
