@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import re
 import threading
 import time
@@ -32,6 +31,7 @@ from edge_agent.engine import Engine
 from edge_agent.errors import ActivationError, BackendError, BadRequest, EngineError
 from edge_agent.tensorrt import TensorRTBackend, import_cuda, import_tensorrt
 from jetfleet.errors import PackageError
+from jetfleet.fsutil import atomic_write
 from jetfleet.package import Golden, read_package
 
 logger = logging.getLogger(__name__)
@@ -156,16 +156,7 @@ class EngineCache:
         """Write ``plan`` atomically (tmp file, fsync, rename)."""
         path = self.path(onnx_sha256)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        try:
-            with tmp.open("wb") as fh:
-                fh.write(plan)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write(path, plan)
         return path
 
     def remove(self, onnx_sha256: str) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from edge_agent.errors import SlotError, TransferError
-from edge_agent.state import fsync_dir
+from jetfleet.fsutil import atomic_write, fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -207,13 +207,7 @@ class Slot:
 
     def _write_bitmap_file(self) -> None:
         header = _HEADER.pack(_MAGIC, self.block_count, self.block_size, self.length)
-        tmp = self.bitmap_path.with_name(BITMAP + ".tmp")
-        with tmp.open("wb") as fh:
-            fh.write(header + bytes(self._bits))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.bitmap_path)
-        fsync_dir(self.dir)
+        atomic_write(self.bitmap_path, header + bytes(self._bits))
 
 
 def _preallocate(fd: int, length: int) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.errors import StateError
+from jetfleet.fsutil import atomic_write
 from jetfleet.messages import SHA256_PATTERN, SlotStatus
 
 logger = logging.getLogger(__name__)
@@ -99,30 +100,11 @@ class AgentState(BaseModel):
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: tmp → fsync → rename → fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Replace ``path`` with ``data`` crash-safely (:func:`jetfleet.fsutil.atomic_write`)."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        atomic_write(path, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise StateError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class StateStore:

@@ -13,16 +13,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fleet_server.errors import ArtifactError
+from jetfleet.fsutil import fsync_dir
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ArtifactStore:
@@ -63,7 +56,7 @@ class ArtifactStore:
         with tmp.open("rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest
 
     def put_bytes(self, data: bytes) -> str:

@@ -26,8 +26,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet_server.pki import DEFAULT_SERVICE_IDENTITY, PkiError, atomic_write
+from fleet_server.pki import DEFAULT_SERVICE_IDENTITY, PkiError
 from jetfleet.errors import TopicError
+from jetfleet.fsutil import atomic_write
 from jetfleet.topics import PREFIX, DeviceTopic, validate_device_id
 
 CONF_FILE = "mosquitto.conf"

@@ -14,7 +14,6 @@ Layout of a keys directory (DESIGN §5, docs/trust.md "TUF and the director")::
 from __future__ import annotations
 
 import fcntl
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from securesystemslib.signer import CryptoSigner, SSlibKey
 from tuf.api.metadata import Metadata, Root
 
 from fleet_server.errors import TrustError
+from jetfleet.fsutil import atomic_write
 
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 ROTATABLE = ("root", *ONLINE_ROLES)
@@ -52,18 +52,6 @@ class Expiry:
 def utc(clock: Callable[[], float]) -> datetime:
     """``clock()`` as an aware UTC datetime with whole seconds (TUF's format)."""
     return datetime.fromtimestamp(int(clock()), tz=timezone.utc)
-
-
-def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write through a temporary file in the same directory, mode set before any bytes."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 @contextmanager
@@ -97,7 +85,7 @@ def load_signer(path: Path) -> CryptoSigner:
 def _new_signer(path: Path) -> CryptoSigner:
     signer = CryptoSigner.generate_ed25519()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_file(path, signer.private_bytes, 0o600)
+    atomic_write(path, signer.private_bytes, mode=0o600)
     return signer
 
 
@@ -109,8 +97,11 @@ def root_signers(root_dir: Path) -> list[CryptoSigner]:
 
 
 def latest_version(metadata_dir: Path, role: str) -> int:
-    versions = [int(p.name.split(".", 1)[0]) for p in metadata_dir.glob(f"*.{role}.json")
-                if p.name.split(".", 1)[0].isdigit()]
+    versions = [
+        int(p.name.split(".", 1)[0])
+        for p in metadata_dir.glob(f"*.{role}.json")
+        if p.name.split(".", 1)[0].isdigit()
+    ]
     if not versions:
         raise TrustError(f"no {role} metadata in {metadata_dir}; run `jetfleet keys init`")
     return max(versions)
@@ -122,17 +113,17 @@ def sign_root(root: Metadata[Root], signers: list[CryptoSigner], metadata_dir: P
     for signer in signers:
         root.sign(signer, append=True)
     data = root.to_bytes()
-    write_file(metadata_dir / f"{root.signed.version}.root.json", data)
-    write_file(metadata_dir / "root.json", data)
+    atomic_write(metadata_dir / f"{root.signed.version}.root.json", data)
+    atomic_write(metadata_dir / "root.json", data)
 
 
 def _director_key(keys_dir: Path) -> None:
     private = Ed25519PrivateKey.generate()
-    write_file(keys_dir / DIRECTOR_KEY, _pem(private), 0o600)
+    atomic_write(keys_dir / DIRECTOR_KEY, _pem(private), mode=0o600)
     public = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    write_file(keys_dir / DIRECTOR_PUB, public)
+    atomic_write(keys_dir / DIRECTOR_PUB, public)
 
 
 def init_keys(
@@ -165,8 +156,7 @@ def init_keys(
             root.signed.add_key(signer.public_key, Root.type)
         root.signed.roles[Root.type].threshold = root_threshold
         for role in ONLINE_ROLES:
-            root.signed.add_key(_new_signer(keys_dir / ONLINE_DIR / f"{role}.pem").public_key,
-                                role)
+            root.signed.add_key(_new_signer(keys_dir / ONLINE_DIR / f"{role}.pem").public_key, role)
         sign_root(root, roots, keys_dir / METADATA_DIR)
         _director_key(keys_dir)
         TufRepository(keys_dir, clock=clock, expiry=expiry).create_locked()
@@ -180,7 +170,9 @@ def _new_signer_root(root_dir: Path) -> CryptoSigner:
 
 def _write_root_key(root_dir: Path, signer: CryptoSigner) -> CryptoSigner:
     root_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_file(root_dir / f"root-{signer.public_key.keyid[:16]}.pem", signer.private_bytes, 0o600)
+    atomic_write(
+        root_dir / f"root-{signer.public_key.keyid[:16]}.pem", signer.private_bytes, mode=0o600
+    )
     return signer
 
 
@@ -230,8 +222,7 @@ def rotate_key(
         else:
             for keyid in list(root.signed.roles[role].keyids):
                 root.signed.revoke_key(keyid, role)
-            root.signed.add_key(_new_signer(keys_dir / ONLINE_DIR / f"{role}.pem").public_key,
-                                role)
+            root.signed.add_key(_new_signer(keys_dir / ONLINE_DIR / f"{role}.pem").public_key, role)
         root.signed.version += 1
         root.signed.expires = utc(clock) + expiry.root
         sign_root(root, signers, metadata_dir)

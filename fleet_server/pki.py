@@ -27,8 +27,6 @@ import fcntl
 import ipaddress
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -42,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from jetfleet.errors import TopicError
+from jetfleet.fsutil import atomic_write
 from jetfleet.topics import validate_device_id
 
 logger = logging.getLogger(__name__)
@@ -137,24 +136,6 @@ class CertRecord:
             not_after=datetime.fromisoformat(raw["not_after"]),
             revoked_at=datetime.fromisoformat(revoked) if revoked else None,
         )
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory (created
-    with ``mode`` from the start, so a key is never readable by others) and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:

@@ -44,11 +44,11 @@ from fleet_server.keys import (
     load_signer,
     locked,
     utc,
-    write_file,
 )
 from fleet_server.worker import Periodic
 from jetfleet import topics
 from jetfleet.canonical import canonical_json
+from jetfleet.fsutil import atomic_write
 from jetfleet.package import PACKAGE_SUFFIX
 
 logger = logging.getLogger(__name__)
@@ -208,9 +208,9 @@ class TufRepository:
         md.sign(load_signer(self.keys_dir / ONLINE_DIR / f"{role}.pem"))
         data = md.to_bytes()
         if role == Timestamp.type:
-            write_file(self.metadata_dir / "timestamp.json", data)
+            atomic_write(self.metadata_dir / "timestamp.json", data)
             return
-        write_file(self.metadata_dir / f"{signed.version}.{role}.json", data)
+        atomic_write(self.metadata_dir / f"{signed.version}.{role}.json", data)
         for old in self.metadata_dir.glob(f"*.{role}.json"):
             number = old.name.split(".", 1)[0]
             if number.isdigit() and int(number) <= signed.version - KEEP_VERSIONS:

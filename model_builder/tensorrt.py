@@ -8,11 +8,11 @@ GPU every entry point raises :class:`TensorRTUnavailable`.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from jetfleet.fsutil import atomic_write
 from model_builder.errors import TensorRTError, TensorRTUnavailable
 
 log = logging.getLogger(__name__)
@@ -96,14 +96,5 @@ def save_engine(path: Path, engine: bytes) -> Path:
     """Write ``engine`` atomically (tmp, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(engine)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, engine)
     return path
