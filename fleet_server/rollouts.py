@@ -42,6 +42,7 @@ from fleet_server.rollout_models import (
     Rollout,
     RolloutCreate,
     RolloutDevice,
+    WavePublic,
     format_selector,
 )
 from fleet_server.waves import parse_waves, plan_waves
@@ -59,6 +60,34 @@ class DesiredPublisher(Protocol):
 def wave_devices(rollout: Rollout, wave: int) -> list[str]:
     start = rollout.plan[wave - 1] if wave > 0 else 0
     return list(rollout.targets[start : rollout.plan[wave]])
+
+
+def gate_decisions(session: Session, rollout_id: int) -> list[GateDecision]:
+    """Every gate decision of a rollout, oldest first."""
+    return list(
+        session.exec(
+            select(GateDecision)
+            .where(GateDecision.rollout_id == rollout_id)
+            .order_by(col(GateDecision.id))
+        ).all()
+    )
+
+
+def wave_plan(rollout: Rollout, gates: Sequence[GateDecision]) -> list[WavePublic]:
+    """Each wave with its devices and state: pending, issued, passed or failed."""
+    verdicts = {g.wave: g.passed for g in gates}
+    waves = []
+    for index, target in enumerate(rollout.plan):
+        if index in verdicts:
+            state = "passed" if verdicts[index] else "failed"
+        else:
+            state = "issued" if index <= rollout.issued_wave else "pending"
+        waves.append(
+            WavePublic(
+                index=index, target=target, devices=wave_devices(rollout, index), state=state
+            )
+        )
+    return waves
 
 
 def select_devices(session: Session, selector: dict[str, str]) -> list[str]:

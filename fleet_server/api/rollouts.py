@@ -10,39 +10,22 @@ from sqlmodel import col, select
 from fleet_server.deps import RolloutsDep, SessionDep
 from fleet_server.errors import NotFoundError
 from fleet_server.rollout_models import (
-    GateDecision,
     GateDecisionPublic,
     Rollout,
     RolloutCreate,
     RolloutDetail,
     RolloutDevicePublic,
     RolloutPublic,
-    WavePublic,
 )
-from fleet_server.rollouts import rollout_devices, wave_devices
+from fleet_server.rollouts import gate_decisions, rollout_devices, wave_plan
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 
 
 def _detail(session: SessionDep, rollout: Rollout) -> RolloutDetail:
     assert rollout.id is not None
-    gates = session.exec(
-        select(GateDecision)
-        .where(GateDecision.rollout_id == rollout.id)
-        .order_by(col(GateDecision.id))
-    ).all()
-    verdicts = {g.wave: g.passed for g in gates}
-    waves = []
-    for index, target in enumerate(rollout.plan):
-        if index in verdicts:
-            state = "passed" if verdicts[index] else "failed"
-        else:
-            state = "issued" if index <= rollout.issued_wave else "pending"
-        waves.append(
-            WavePublic(
-                index=index, target=target, devices=wave_devices(rollout, index), state=state
-            )
-        )
+    gates = gate_decisions(session, rollout.id)
+    waves = wave_plan(rollout, gates)
     return RolloutDetail.model_validate(
         rollout,
         update={

@@ -12,13 +12,12 @@ from sqlmodel import Session, col, select
 
 from fleet_server.models import Assignment, Device, Event, Release, Telemetry
 from fleet_server.rollout_models import (
-    GateDecision,
     Rollout,
     RolloutCreate,
     RolloutDevice,
     format_selector,
 )
-from fleet_server.rollouts import rollout_devices, wave_devices
+from fleet_server.rollouts import gate_decisions, rollout_devices, wave_plan
 
 FAILURE_TYPES = ("activation.reverted", "activation.failed", "ota.failed", "security.rejected")
 ENGINE_TYPES = (
@@ -246,14 +245,6 @@ ROLLOUT_ACTIONS = {  # console action → (statuses it is offered in, button lab
 
 
 @dataclass(frozen=True)
-class WaveView:
-    index: int
-    target: int  # cumulative device count
-    devices: list[str]
-    state: str  # pending | issued | passed | failed
-
-
-@dataclass(frozen=True)
 class RolloutDeviceView:
     row: RolloutDevice
     device: Device | None
@@ -283,21 +274,8 @@ def _device_status(
 def rollout_context(session: Session, rollout: Rollout) -> dict[str, Any]:
     """Everything the rollout detail page shows: waves, devices and gate decisions."""
     assert rollout.id is not None
-    gates = list(
-        session.exec(
-            select(GateDecision)
-            .where(GateDecision.rollout_id == rollout.id)
-            .order_by(col(GateDecision.id))
-        ).all()
-    )
-    verdicts = {g.wave: g.passed for g in gates}
-    waves = []
-    for index, target in enumerate(rollout.plan):
-        if index in verdicts:
-            state = "passed" if verdicts[index] else "failed"
-        else:
-            state = "issued" if index <= rollout.issued_wave else "pending"
-        waves.append(WaveView(index, target, wave_devices(rollout, index), state))
+    gates = gate_decisions(session, rollout.id)
+    waves = wave_plan(rollout, gates)
     rows = rollout_devices(session, rollout.id)
     devices = {
         d.id: d
