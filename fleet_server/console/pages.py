@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlmodel import col, select
 
@@ -41,24 +41,20 @@ def overview_live(request: Request, me: ConsoleUser, session: SessionDep) -> Res
     return render(request, "_overview_live.html", me, **views.overview(session))
 
 
-def _device_filters(
-    search: str, tag: str, status: str, release: str, profile: str
+def device_filters(
+    search: Text = "", tag: Text = "", status: Text = "", release: Text = "", profile: Text = ""
 ) -> dict[str, str]:
+    """The devices table's filters, from the query string."""
     return {"search": search, "tag": tag, "status": status, "release": release, "profile": profile}
+
+
+DeviceFilters = Annotated[dict[str, str], Depends(device_filters)]
 
 
 @router.get("/devices")
 def devices_page(
-    request: Request,
-    me: ConsoleUser,
-    session: SessionDep,
-    search: Text = "",
-    tag: Text = "",
-    status: Text = "",
-    release: Text = "",
-    profile: Text = "",
+    request: Request, me: ConsoleUser, session: SessionDep, filters: DeviceFilters
 ) -> Response:
-    filters = _device_filters(search, tag, status, release, profile)
     return render(
         request,
         "devices.html",
@@ -72,16 +68,8 @@ def devices_page(
 
 @router.get("/devices/rows")
 def devices_rows(
-    request: Request,
-    me: ConsoleUser,
-    session: SessionDep,
-    search: Text = "",
-    tag: Text = "",
-    status: Text = "",
-    release: Text = "",
-    profile: Text = "",
+    request: Request, me: ConsoleUser, session: SessionDep, filters: DeviceFilters
 ) -> Response:
-    filters = _device_filters(search, tag, status, release, profile)
     return render(request, "_device_rows.html", me, rows=views.device_rows(session, filters))
 
 
