@@ -74,27 +74,16 @@ def make_package(
     """Write a real package. ``corrupt_golden`` makes its golden vectors fail on load;
     ``pad_bytes`` adds a padding member so transfers span many blocks."""
     model = make_mlp_onnx(seed, extra_matmuls=extra_matmuls)
-    rng = np.random.default_rng(seed + 1000)
-    x = rng.random((golden_count, 64), dtype=np.float32)
-    y = run_onnx(model, x)
-    if corrupt_golden:
-        y = y + 1.0
-    card = ModelCard(
+    return _write_model_package(
+        out,
+        model,
         name=name,
         version=version,
-        inputs=[TensorSpec(name="input", shape=["batch", 64], dtype="float32")],
-        outputs=[TensorSpec(name="logits", shape=["batch", 10], dtype="float32")],
-        variants={"onnxruntime": "model.onnx"},
-        precision={"onnxruntime": "fp32"},
-        golden=GoldenSpec(count=golden_count, rtol=1e-3, atol=1e-4),
-        labels=[str(i) for i in range(10)],
-        metrics={"size_bytes": len(model)},
+        seed=seed,
+        golden_count=golden_count,
+        corrupt_golden=corrupt_golden,
+        pad_bytes=pad_bytes,
     )
-    models = {"model.onnx": model}
-    if pad_bytes:
-        models["padding.bin"] = np.random.default_rng(seed).bytes(pad_bytes)
-    golden = Golden(inputs={"input": x}, outputs={"logits": y}, rtol=1e-3, atol=1e-4)
-    return write_package(Path(out), card, models, golden)
 
 
 FAULT_INPUT_LIMIT = 1.0  # make_faulty_onnx: inputs whose first feature is >= this fail
@@ -140,11 +129,21 @@ def make_faulty_onnx(seed: int = 0, hidden: int = 32) -> bytes:
 
 
 def _write_model_package(
-    out: Path, model: bytes, *, name: str, version: str, seed: int, golden_count: int
+    out: Path,
+    model: bytes,
+    *,
+    name: str,
+    version: str,
+    seed: int,
+    golden_count: int,
+    corrupt_golden: bool = False,
+    pad_bytes: int = 0,
 ) -> PackageInfo:
     rng = np.random.default_rng(seed + 1000)
     x = rng.random((golden_count, 64), dtype=np.float32)  # in [0, 1): runs fine
     y = run_onnx(model, x)
+    if corrupt_golden:
+        y = y + 1.0
     card = ModelCard(
         name=name,
         version=version,
@@ -156,8 +155,11 @@ def _write_model_package(
         labels=[str(i) for i in range(10)],
         metrics={"size_bytes": len(model)},
     )
+    models = {"model.onnx": model}
+    if pad_bytes:
+        models["padding.bin"] = np.random.default_rng(seed).bytes(pad_bytes)
     golden = Golden(inputs={"input": x}, outputs={"logits": y}, rtol=1e-3, atol=1e-4)
-    return write_package(Path(out), card, {"model.onnx": model}, golden)
+    return write_package(Path(out), card, models, golden)
 
 
 def make_faulty_package(
