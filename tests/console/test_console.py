@@ -3,7 +3,6 @@ simulated devices (``SimDevice``) publishing state, telemetry and events."""
 
 from __future__ import annotations
 
-import re
 import socket
 import threading
 import time
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from fleet_server import create_app
 from fleet_server.auth import create_api_token, create_user
@@ -29,22 +28,13 @@ from jetfleet.messages import (
 )
 from jetfleet.mqtt import BrokerAddress
 from jetfleet.package import Golden, GoldenSpec, ModelCard, TensorSpec, write_package
+from tests.console.conftest import SHOTS, log_in
 from tests.server.conftest import SimDevice, make_settings, wait_for
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.tinymodel import make_mlp_onnx, run_onnx
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 PAGES = (
     "overview",
     "devices",
@@ -168,31 +158,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         broker.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 def open_as(browser: Browser, live: Live, user: str) -> tuple[Page, list[str]]:
-    page = browser.new_context(viewport={"width": 1366, "height": 900}).new_page()
-    errors: list[str] = []
-
-    def on_console(msg: ConsoleMessage) -> None:
-        if msg.type == "error":
-            errors.append(msg.text)
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{live.url}/console/devices")
-    expect(page).to_have_url(re.compile(r"/console/login"))
-    page.get_by_label("User").fill(user)
-    page.get_by_label("Password").fill(f"{user}-password")
-    page.get_by_role("button", name="Log in").click()
-    expect(page).to_have_url(re.compile(r"/console/devices$"))
-    return page, errors
+    return log_in(browser, live.url, user, "/console/devices")
 
 
 def setup_release(live: Live, tmp_path: Path) -> None:

@@ -16,27 +16,19 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from fleet_server.auth import create_api_token, create_user
 from fleet_server.db import make_engine
 from fleet_server.settings import Settings
+from tests.console.conftest import SHOTS
+from tests.console.conftest import log_in as console_log_in
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.procs import AgentProc, ServerProc, wait_for
 from tests.support.tinymodel import make_package
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 DEVICES = ("lab-1", "lab-2", "lab-3")
 # The slow release's p95 is far above twice r1's: the watchdog reverts it during trial.
 P95_RULE = {"metric": "p95_latency_ratio", "threshold": 2.0, "window_s": 5, "min_requests": 20}
@@ -118,31 +110,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 print(f"--- {proc.name} log ---\n{proc.output()[-4000:]}")
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 def log_in(browser: Browser, fleet: Fleet, user: str) -> tuple[Page, list[str]]:
-    page = browser.new_context(viewport={"width": 1366, "height": 900}).new_page()
-    errors: list[str] = []
-
-    def on_console(msg: ConsoleMessage) -> None:
-        if msg.type == "error":
-            errors.append(f"{page.url}: {msg.text}")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda exc: errors.append(f"{page.url}: {exc}"))
-    page.goto(f"{fleet.url}/console/rollouts")
-    expect(page).to_have_url(re.compile(r"/console/login"))
-    page.get_by_label("User").fill(user)
-    page.get_by_label("Password").fill(f"{user}-password")
-    page.get_by_role("button", name="Log in").click()
-    expect(page).to_have_url(re.compile(r"/console/rollouts$"))
-    return page, errors
+    return console_log_in(browser, fleet.url, user, "/console/rollouts")
 
 
 def shot(page: Page, name: str) -> None:
