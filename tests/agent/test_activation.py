@@ -13,7 +13,8 @@ from edge_agent.runtime import OnnxRuntimeBackend
 from edge_agent.slots import SlotStore
 from edge_agent.state import AgentState, StateStore, TrialRecord
 from jetfleet.messages import DesiredAssignment, SlotStatus
-from tests.agent.fleet import agent_config, wait_until
+from tests.agent.fleet import agent_config
+from tests.support.polling import wait_until
 
 
 class Clock:

@@ -14,7 +14,7 @@ from edge_agent.errors import BadRequest, NotServing
 from edge_agent.replay import Replay
 from edge_agent.runtime import OnnxRuntimeBackend
 from edge_agent.telemetry import InferenceStats
-from tests.agent.fleet import wait_until
+from tests.support.polling import wait_until
 from tests.support.tinymodel import make_mlp_onnx, run_onnx
 
 

@@ -21,9 +21,10 @@ from jetfleet.frames import MAGIC, decode_frame
 from jetfleet.messages import EngineRef, EngineUpload, decode
 from jetfleet.package import PackageInfo, read_package
 from jetson.profile import DeviceProfile
-from tests.agent.fleet import FakeServer, agent_config, wait_until
+from tests.agent.fleet import FakeServer, agent_config
 from tests.support.fakegpu import FakeGpu, make_trt_package
 from tests.support.mosquitto import MosquittoBroker
+from tests.support.polling import wait_until
 
 ORIN = DeviceProfile(arch="aarch64", module="orin-nano", sm=87, tensorrt="10.3.0")
 

@@ -12,8 +12,9 @@ import pytest
 from edge_agent import Agent, AgentClient
 from jetfleet.messages import SlotStatus
 from tests.agent.conftest import package_bytes
-from tests.agent.fleet import FakeServer, agent_config, wait_until
+from tests.agent.fleet import FakeServer, agent_config
 from tests.support.mosquitto import MosquittoBroker
+from tests.support.polling import wait_until
 from tests.support.tinymodel import make_mlp_onnx, run_onnx
 
 

@@ -13,7 +13,8 @@ import psutil
 
 from edge_agent import AgentClient
 from tests.agent.conftest import package_bytes
-from tests.agent.fleet import read_json, wait_until, write_agent_yaml
+from tests.agent.fleet import read_json, write_agent_yaml
+from tests.support.polling import wait_until
 from tests.support.tinymodel import make_mlp_onnx, run_onnx
 
 ROOT = Path(__file__).resolve().parents[2]

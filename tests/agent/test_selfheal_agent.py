@@ -11,10 +11,11 @@ import pytest
 from edge_agent import Agent
 from jetfleet.messages import SlotStatus
 from tests.agent.conftest import package_bytes
-from tests.agent.fleet import agent_config, wait_until
+from tests.agent.fleet import agent_config
 from tests.agent.test_batching import post
 from tests.agent.test_fleet_loop import ManualClock, activate, serving
 from tests.agent.test_watchdog import slow  # noqa: F401  (fixture)
+from tests.support.polling import wait_until
 
 P95_RULE = {"metric": "p95_latency_ratio", "threshold": 2.0, "window_s": 5, "min_requests": 50}
 

@@ -22,8 +22,9 @@ from edge_agent.errors import TrustRefused
 from edge_agent.trust import DeviceTrust, TrustConfig
 from jetfleet.messages import Command, DesiredAssignment
 from tests.agent.conftest import package_bytes
-from tests.agent.fleet import FakeServer, agent_config, wait_until
+from tests.agent.fleet import FakeServer, agent_config
 from tests.support.mosquitto import MosquittoBroker
+from tests.support.polling import wait_until
 from tests.support.tufsign import SigningFleet, publish_tuf
 
 DAY = 86_400.0

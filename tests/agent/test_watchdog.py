@@ -23,8 +23,8 @@ from edge_agent.telemetry import InferenceStats
 from edge_agent.watchdog import RequestLog, Watchdog
 from jetfleet.messages import SlotStatus
 from tests.agent.faults import FaultyBackend, model_bytes
-from tests.agent.fleet import wait_until
 from tests.agent.test_activation import Clock, place
+from tests.support.polling import wait_until
 from tests.support.tinymodel import make_package
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import queue
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from jetfleet.frames import BlockFrame, decode_frame
 from jetfleet.messages import DesiredAssignment, StateMessage, decode
 from jetfleet.mqtt import BrokerAddress, Connection, Inbound, MqttClient, Will
 from tests.support.mosquitto import MosquittoBroker
+from tests.support.polling import wait_until
 from tests.support.postgres import PostgresCluster
 from tests.support.tinymodel import make_package
 
@@ -29,15 +29,7 @@ UNREACHABLE_BROKER = "mqtt://127.0.0.1:9"
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 5.0, what: str = "condition") -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+    return wait_until(predicate, timeout, what)
 
 
 # JETFLEET_TEST_DATABASE=postgres: every test's server uses its own fresh database on one
