@@ -23,8 +23,9 @@ from fleet_server.tufrepo import TufRepository, TufService
 from jetfleet import topics
 from jetfleet.messages import DesiredAssignment
 from jetfleet.mqtt import BrokerAddress, MqttClient
-from tests.agent.fleet import FakeServer, agent_config, wait_until
+from tests.agent.fleet import FakeServer, agent_config
 from tests.support.mosquitto import MosquittoBroker
+from tests.support.polling import wait_until
 from tests.support.tinymodel import make_package
 
 DAY = 86_400.0
