@@ -331,11 +331,15 @@ class Agent:
 
     def _sample_telemetry(self) -> None:
         engine = self.engines.current
-        sample = self.collector.sample(
-            self.buffer.next_seq("telemetry"), self.clock(),
-            engine.release if engine else None, engine.sha256 if engine else None,
-        )
-        self.buffer.append("telemetry", sample.model_dump_json(exclude_none=True).encode())
+        current = (engine.release, engine.sha256) if engine else (None, None)
+        for sample in self.collector.samples(
+            lambda: self.buffer.next_seq("telemetry"), self.clock(), current, self._release_of
+        ):
+            self.buffer.append("telemetry", sample.model_dump_json(exclude_none=True).encode())
+
+    def _release_of(self, sha256: str) -> str | None:
+        record = self.state.slots.get(sha256)
+        return record.release if record is not None else None
 
     def _build_telemetry(self, rows: list[bytes], dropped: int) -> bytes | None:
         samples = []

@@ -223,7 +223,7 @@ class InferenceService:
 
     def observe(self, sha256: str, latency_ms: float, error: BackendError | None) -> None:
         """Record one request's outcome (stats, and the watchdog when attached)."""
-        self.stats.record(latency_ms, ok=error is None)
+        self.stats.record(latency_ms, ok=error is None, sha256=sha256)
         if self.observer is not None:
             self.observer(sha256, latency_ms, error)
 

@@ -45,37 +45,61 @@ class StatsSnapshot:
     p99_ms: float | None
 
 
+class _Interval:
+    """One engine's requests since the last telemetry sample."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.seen = 0
+        self.count = 0
+        self.errors = 0
+
+    def add(self, latency_ms: float, ok: bool, rng: random.Random) -> None:
+        if not ok:
+            self.errors += 1
+            return
+        self.count += 1
+        self.seen += 1
+        if len(self.latencies) < RESERVOIR:
+            self.latencies.append(latency_ms)
+        else:  # a uniform sample of the interval's latencies
+            j = rng.randrange(self.seen)
+            if j < RESERVOIR:
+                self.latencies[j] = latency_ms
+
+    def snapshot(self, rejected: int = 0) -> StatsSnapshot:
+        values = sorted(self.latencies)
+        return StatsSnapshot(
+            self.count, self.errors, rejected,
+            percentile(values, 50), percentile(values, 95), percentile(values, 99),
+        )
+
+
 class InferenceStats:
-    """Thread-safe request counters and latency percentiles over an interval."""
+    """Thread-safe request counters and latency percentiles over an interval, kept per
+    engine (sha256) so a request is always counted against the engine that served it —
+    a swap or a revert in the middle of an interval does not mix two releases."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._lock = threading.Lock()
         self._rng = rng or random.Random()
-        self._latencies: list[float] = []
-        self._seen = 0
-        self._count = 0
-        self._errors = 0
+        self._intervals: dict[str | None, _Interval] = {}
         self._rejected = 0
         self._window: deque[float] = deque(maxlen=WINDOW)
         self.total_count = 0
         self.total_errors = 0
         self.total_rejected = 0
 
-    def record(self, latency_ms: float, *, ok: bool) -> None:
+    def record(self, latency_ms: float, *, ok: bool, sha256: str | None = None) -> None:
         with self._lock:
+            interval = self._intervals.get(sha256)
+            if interval is None:
+                interval = self._intervals[sha256] = _Interval()
+            interval.add(latency_ms, ok, self._rng)
             if ok:
-                self._count += 1
                 self.total_count += 1
                 self._window.append(latency_ms)
-                self._seen += 1
-                if len(self._latencies) < RESERVOIR:
-                    self._latencies.append(latency_ms)
-                else:
-                    j = self._rng.randrange(self._seen)
-                    if j < RESERVOIR:
-                        self._latencies[j] = latency_ms
             else:
-                self._errors += 1
                 self.total_errors += 1
 
     def record_rejected(self) -> None:
@@ -85,17 +109,25 @@ class InferenceStats:
             self.total_rejected += 1
 
     def snapshot(self, *, reset: bool = True) -> StatsSnapshot:
-        """Counts and percentiles since the last reset."""
+        """Counts and percentiles since the last reset, all engines together."""
         with self._lock:
-            values = sorted(self._latencies)
-            snap = StatsSnapshot(
-                self._count, self._errors, self._rejected,
-                percentile(values, 50), percentile(values, 95), percentile(values, 99),
-            )
+            merged = _Interval()
+            for interval in self._intervals.values():
+                merged.latencies += interval.latencies
+                merged.count += interval.count
+                merged.errors += interval.errors
+            snap = merged.snapshot(self._rejected)
             if reset:
-                self._latencies = []
-                self._seen = self._count = self._errors = self._rejected = 0
+                self._intervals, self._rejected = {}, 0
         return snap
+
+    def snapshots(self, *, reset: bool = True) -> dict[str | None, StatsSnapshot]:
+        """Per engine sha256 (in the order engines first served), since the last reset."""
+        with self._lock:
+            snaps = {sha: interval.snapshot() for sha, interval in self._intervals.items()}
+            if reset:
+                self._intervals, self._rejected = {}, 0
+        return snaps
 
     def rolling_quantiles(self) -> dict[float, float | None]:
         with self._lock:
@@ -201,19 +233,53 @@ class TelemetryCollector:
     def sample(
         self, seq: int, ts: float, release: str | None, sha256: str | None
     ) -> TelemetrySample:
+        """One sample for the interval, all engines' requests together."""
         snap = self.stats.snapshot(reset=True)
+        system, gpu = self._host()
+        return _sample(seq, ts, release, sha256, snap, system, gpu)
+
+    def samples(
+        self,
+        next_seq: Callable[[], int],
+        ts: float,
+        current: tuple[str | None, str | None],
+        release_of: Callable[[str], str | None],
+    ) -> list[TelemetrySample]:
+        """The interval's samples: one per engine that served requests in it (an engine
+        swapped out mid-interval gets its own, under its own release), and always one for
+        the ``current`` (release, sha256) engine, so system metrics go out every interval."""
+        release, sha256 = current
+        snaps = self.stats.snapshots(reset=True)
+        system, gpu = self._host()  # read once: psutil's CPU % is "since the last call"
+        out = [
+            _sample(next_seq(), ts, release_of(sha) if sha else None, sha, snap, system, gpu)
+            for sha, snap in snaps.items()
+            if sha != sha256
+        ]
+        snap = snaps.get(sha256, StatsSnapshot(0, 0, 0, None, None, None))
+        out.append(_sample(next_seq(), ts, release, sha256, snap, system, gpu))
+        return out
+
+    def _host(self) -> tuple[SystemMetrics, GpuMetrics | None]:
         try:
             gpu = self.gpu.read()
         except Exception as exc:  # a provider bug must not stop telemetry
             logger.warning("GPU provider failed: %s", exc)
             gpu = None
-        return TelemetrySample(
-            ts=ts,
-            seq=seq,
-            system=self.system.read(),
-            gpu=gpu,
-            inference=InferenceMetrics(
-                count=snap.count, errors=snap.errors, p50_ms=snap.p50_ms, p95_ms=snap.p95_ms,
-                p99_ms=snap.p99_ms, release=release, sha256=sha256,
-            ),
-        )
+        return self.system.read(), gpu
+
+
+def _sample(
+    seq: int, ts: float, release: str | None, sha256: str | None, snap: StatsSnapshot,
+    system: SystemMetrics, gpu: GpuMetrics | None,
+) -> TelemetrySample:
+    return TelemetrySample(
+        ts=ts,
+        seq=seq,
+        system=system,
+        gpu=gpu,
+        inference=InferenceMetrics(
+            count=snap.count, errors=snap.errors, p50_ms=snap.p50_ms, p95_ms=snap.p95_ms,
+            p99_ms=snap.p99_ms, release=release, sha256=sha256,
+        ),
+    )

@@ -61,3 +61,29 @@ def test_injected_gpu_provider_is_used_and_failures_are_absent():
 
     assert TelemetryCollector(InferenceStats(), Gpu()).sample(0, 0.0, None, None).gpu.load_pct == 12
     assert TelemetryCollector(InferenceStats(), Broken()).sample(0, 0.0, None, None).gpu is None
+
+
+def test_requests_count_against_the_engine_that_served_them():
+    """A swap or revert mid-interval must not charge one release with another's errors:
+    the interval yields one sample per engine, each under its own release."""
+    stats = InferenceStats()
+    collector = TelemetryCollector(stats, NoGpu())
+    bad, good = "b" * 64, "a" * 64
+    for _ in range(10):
+        stats.record(5.0, ok=False, sha256=bad)  # the faulty release, before its revert
+    for _ in range(40):
+        stats.record(1.0, ok=True, sha256=good)  # known-good again
+    seqs = iter(range(100))
+    samples = collector.samples(lambda: next(seqs), 1.0, ("r1", good),
+                                {bad: "r-bad"}.get)
+    by_release = {s.inference.release: s.inference for s in samples}
+    assert by_release["r-bad"].errors == 10
+    assert by_release["r-bad"].count == 0
+    assert by_release["r1"].errors == 0
+    assert by_release["r1"].count == 40
+    assert [s.seq for s in samples] == [0, 1]
+    assert samples[-1].inference.sha256 == good  # the current engine's sample is last
+    idle = collector.samples(lambda: next(seqs), 2.0, ("r1", good), {}.get)
+    assert len(idle) == 1  # an idle interval still reports system metrics once
+    assert idle[0].inference.count == 0
+    assert idle[0].system.mem_total_mb
